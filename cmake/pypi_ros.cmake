@@ -1,0 +1,30 @@
+# The ROS 2 PyPI wheels export their *__rosidl_generator_py targets with the include
+# directories of the interpreter they were built with (a manylinux build container).
+# CMake refuses imported targets with missing include paths, so after
+# rosidl_generate_interfaces() keep only the paths that exist and add this interpreter's.
+# On a regular ROS 2 install every path exists and this changes nothing.
+function(gsr_fix_wheel_python_includes)
+  find_package(Python3 REQUIRED COMPONENTS Interpreter Development NumPy)
+  get_property(_dirs DIRECTORY PROPERTY IMPORTED_TARGETS)
+  foreach(_target ${_dirs})
+    if(_target MATCHES "__rosidl_generator_py$")
+      get_target_property(_incs ${_target} INTERFACE_INCLUDE_DIRECTORIES)
+      if(NOT _incs)
+        continue()
+      endif()
+      set(_kept "")
+      set(_dropped FALSE)
+      foreach(_inc ${_incs})
+        if(EXISTS "${_inc}" OR _inc MATCHES "^\\$<")
+          list(APPEND _kept "${_inc}")
+        else()
+          set(_dropped TRUE)
+        endif()
+      endforeach()
+      if(_dropped)
+        list(APPEND _kept ${Python3_INCLUDE_DIRS} ${Python3_NumPy_INCLUDE_DIRS})
+        set_target_properties(${_target} PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${_kept}")
+      endif()
+    endif()
+  endforeach()
+endfunction()

@@ -1,0 +1,174 @@
+"""A scene: posed RGB-D frames in one world frame, and its file formats.
+
+This is the unit the model reasons over (the node's keyframes, `gs-reasoner infer --scene`,
+training samples and exports all become a Scene). Conventions (DESIGN.md, scene files):
+depth in metres with 0 or NaN for "no measurement", intrinsics of the depth image, poses
+camera-to-world with OpenCV optical axes (x right, y down, z forward).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Scene:
+    rgb: np.ndarray  # (N, Hc, Wc, 3) uint8
+    depth: np.ndarray  # (N, H, W) float32 metres
+    intrinsics: np.ndarray  # (N, 3, 3) float64, of the depth image
+    poses: np.ndarray  # (N, 4, 4) float64 camera-to-world
+    axis_align: np.ndarray = field(default_factory=lambda: np.eye(4))  # world -> model frame
+    stamps: np.ndarray | None = None  # (N,) seconds, optional
+
+    def __post_init__(self):
+        self.rgb = np.asarray(self.rgb)
+        self.depth = np.asarray(self.depth, dtype=np.float32)
+        self.poses = np.asarray(self.poses, dtype=np.float64)
+        self.axis_align = np.asarray(self.axis_align, dtype=np.float64)
+        n = len(self.rgb)
+        k = np.asarray(self.intrinsics, dtype=np.float64)
+        if k.shape == (3, 3):
+            k = np.broadcast_to(k, (n, 3, 3)).copy()
+        elif k.ndim == 3 and k.shape[1:] == (4, 4):
+            k = k[:, :3, :3].copy()
+        self.intrinsics = k
+        if self.rgb.ndim != 4 or self.rgb.shape[-1] != 3 or self.rgb.dtype != np.uint8:
+            raise ValueError(f"rgb must be uint8 (N,H,W,3), got {self.rgb.dtype} {self.rgb.shape}")
+        if self.depth.ndim != 3 or len(self.depth) != n:
+            raise ValueError(f"depth must be (N,H,W) with N={n}, got {self.depth.shape}")
+        if self.intrinsics.shape != (n, 3, 3):
+            raise ValueError(f"intrinsics must be (3,3) or (N,3,3), got {np.shape(self.intrinsics)}")
+        if self.poses.shape != (n, 4, 4):
+            raise ValueError(f"poses must be (N,4,4) with N={n}, got {self.poses.shape}")
+        if self.axis_align.shape != (4, 4):
+            raise ValueError(f"axis_align must be (4,4), got {self.axis_align.shape}")
+        if n == 0:
+            raise ValueError("a scene needs at least one frame")
+        hc, wc = self.rgb.shape[1:3]
+        h, w = self.depth.shape[1:3]
+        if abs(hc * w - wc * h) > max(h, w):
+            raise ValueError(f"colour {wc}x{hc} and depth {w}x{h} must have the same aspect ratio")
+        if not np.all(np.isfinite(self.poses)):
+            raise ValueError("poses contain NaN or Inf")
+        if self.stamps is not None:
+            self.stamps = np.asarray(self.stamps, dtype=np.float64).reshape(n)
+
+    def __len__(self) -> int:
+        return len(self.rgb)
+
+    def select(self, indices) -> "Scene":
+        idx = np.asarray(indices, dtype=np.int64)
+        return Scene(self.rgb[idx], self.depth[idx], self.intrinsics[idx], self.poses[idx],
+                     self.axis_align.copy(), None if self.stamps is None else self.stamps[idx])
+
+    def uniform_indices(self, count: int) -> np.ndarray:
+        """The authors' frame choice: np.linspace over all frames, as integers."""
+        if len(self) <= count:
+            return np.arange(len(self))
+        return np.linspace(0, len(self) - 1, count, dtype=int)
+
+    def aligned_poses(self) -> np.ndarray:
+        """Poses in the model's (axis-aligned) frame: A @ T_world_cam."""
+        return self.axis_align @ self.poses
+
+    # ---- files --------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Scene":
+        path = Path(path)
+        if path.is_dir():
+            return cls.load_processed(path)
+        if path.suffix == ".npz":
+            return cls.load_npz(path)
+        raise ValueError(f"{path}: expected a .npz scene or a processed-data folder")
+
+    @classmethod
+    def load_npz(cls, path) -> "Scene":
+        with np.load(path, allow_pickle=False) as z:
+            missing = {"rgb", "depth", "intrinsics", "poses"} - set(z.files)
+            if missing:
+                raise ValueError(f"{path}: missing arrays {sorted(missing)}")
+            depth = np.nan_to_num(z["depth"].astype(np.float32), nan=0.0)
+            return cls(z["rgb"], depth, z["intrinsics"], z["poses"],
+                       z["axis_align"] if "axis_align" in z.files else np.eye(4),
+                       z["stamps"] if "stamps" in z.files else None)
+
+    def save_npz(self, path) -> None:
+        arrays = dict(rgb=self.rgb, depth=self.depth, intrinsics=self.intrinsics,
+                      poses=self.poses, axis_align=self.axis_align)
+        if self.stamps is not None:
+            arrays["stamps"] = self.stamps
+        np.savez_compressed(path, **arrays)
+
+    @classmethod
+    def load_processed(cls, folder) -> "Scene":
+        """GS-Reasoner processed-data layout: color/*.jpg, depth/*.png (uint16 mm),
+        pose/*.txt (4x4), intrinsic/intrinsic_depth.txt (4x4)."""
+        import cv2
+
+        folder = Path(folder)
+        colors = sorted((folder / "color").glob("*.jpg")) + sorted((folder / "color").glob("*.png"))
+        if not colors:
+            raise ValueError(f"{folder}: no color/*.jpg frames")
+        rgb, depth, poses = [], [], []
+        for c in colors:
+            d = folder / "depth" / (c.stem + ".png")
+            p = folder / "pose" / (c.stem + ".txt")
+            for f in (d, p):
+                if not f.exists():
+                    raise ValueError(f"{folder}: {f.relative_to(folder)} is missing for {c.name}")
+            pose = np.loadtxt(p).reshape(4, 4)
+            if not np.all(np.isfinite(pose)):
+                continue  # the authors' exporter skips frames without a valid pose too
+            bgr = cv2.imread(str(c), cv2.IMREAD_COLOR)
+            dep = cv2.imread(str(d), cv2.IMREAD_UNCHANGED)
+            if bgr is None or dep is None or dep.dtype != np.uint16:
+                raise ValueError(f"{folder}: cannot read {c.name} / {d.name} (depth must be uint16 PNG)")
+            rgb.append(bgr[..., ::-1])
+            depth.append(dep.astype(np.float32) / 1000.0)
+            poses.append(pose)
+        k = np.loadtxt(folder / "intrinsic" / "intrinsic_depth.txt").reshape(4, 4)
+        align_file = folder / "axis_align.txt"
+        align = np.loadtxt(align_file).reshape(4, 4) if align_file.exists() else np.eye(4)
+        return cls(np.stack(rgb), np.stack(depth), k[:3, :3], np.stack(poses), align)
+
+    def save_processed(self, folder) -> Path:
+        import cv2
+
+        folder = Path(folder)
+        for sub in ("color", "depth", "pose", "intrinsic"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(len(self)):
+            name = f"{i:06d}"
+            cv2.imwrite(str(folder / "color" / f"{name}.jpg"), self.rgb[i][..., ::-1],
+                        [cv2.IMWRITE_JPEG_QUALITY, 95])
+            mm = np.nan_to_num(self.depth[i], nan=0.0) * 1000.0
+            cv2.imwrite(str(folder / "depth" / f"{name}.png"), np.clip(np.round(mm), 0, 65535).astype(np.uint16))
+            np.savetxt(folder / "pose" / f"{name}.txt", self.poses[i])
+        k = np.eye(4)
+        k[:3, :3] = self.intrinsics[0]
+        np.savetxt(folder / "intrinsic" / "intrinsic_depth.txt", k)
+        if not np.allclose(self.axis_align, np.eye(4)):
+            np.savetxt(folder / "axis_align.txt", self.axis_align)
+        return folder
+
+
+def load_3dmatch(folder, names=None) -> Scene:
+    """Frames in the 3DMatch / SUN3D layout of ../shared/data/rgbd_3dmatch:
+    seq-01/frame-NNNNNN.{color,depth}.png (depth uint16 mm), .pose.txt camera-to-world,
+    camera-intrinsics.txt (3x3) beside the sequence folder."""
+    import cv2
+
+    folder = Path(folder)
+    seq = folder / "seq-01" if (folder / "seq-01").is_dir() else folder
+    k_file = seq.parent / "camera-intrinsics.txt"
+    k = np.loadtxt(k_file).reshape(3, 3)
+    stems = names or sorted(p.name[: -len(".color.png")] for p in seq.glob("frame-*.color.png"))
+    rgb = [cv2.imread(str(seq / f"{s}.color.png"), cv2.IMREAD_COLOR)[..., ::-1] for s in stems]
+    depth = [cv2.imread(str(seq / f"{s}.depth.png"), cv2.IMREAD_UNCHANGED).astype(np.float32) / 1000.0
+             for s in stems]
+    poses = [np.loadtxt(seq / f"{s}.pose.txt").reshape(4, 4) for s in stems]
+    return Scene(np.stack(rgb), np.stack(depth), k, np.stack(poses))

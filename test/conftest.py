@@ -1,0 +1,33 @@
+"""Shared fixtures. ROS isolation is set before anything imports rclpy."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    # One DDS domain per pytest process (and xdist worker) so parallel runs never meet.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(10 + (os.getpid() + int(worker[2:] or 0)) % 90))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_LOG_DIR", str(Path(config.rootpath) / "build" / "ros_log"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent (the shared data folder beside the checkout)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def rgbd_3dmatch(shared_data) -> Path:
+    path = shared_data / "rgbd_3dmatch"
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent")
+    return path
