@@ -1,0 +1,1 @@
+"""Benchmark evaluation: the authors' metrics (metrics.py) and runners over a checkpoint (cli.py)."""
