@@ -1,0 +1,230 @@
+"""The Reasoner: one object that turns (scene, question) into an Answer. ROS-free.
+
+The node and `gs-reasoner infer` both call it. It owns the model and the tokenizer, picks the
+frames, builds the prompt, runs the model and parses the text; every stage is timed.
+Boxes come back in the MODEL frame (scene.axis_align applied, axis-aligned); callers that
+work in the world frame rotate them back with the inverse of scene.axis_align.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from .reasoning import (
+    TASKS,
+    Answer,
+    assign_confidences,
+    parse_output,
+    prompt_ids,
+    token_spans,
+)
+
+log = logging.getLogger(__name__)
+
+# Decoding budgets. The authors use 512 for grounding/QA and 8192 for VSI-Bench chain of thought;
+# 1024 covers typical grounded CoT answers at an eighth of the worst-case latency. Callers may
+# raise it up to MAX_NEW_TOKENS_CAP.
+DEFAULT_MAX_NEW_TOKENS = {"spatial": 1024, "ground": 512, "qa": 512}
+MAX_NEW_TOKENS_CAP = 8192
+MAX_QUESTION_CHARS = 4000  # question plus options; the released prompts are ~1.6 k characters
+MAX_OPTIONS = 26
+
+_DTYPES = ("float32", "bfloat16", "float16")
+_tiny_dirs: dict[int, tempfile.TemporaryDirectory] = {}  # one tiny checkpoint per seed and process
+_tiny_lock = threading.Lock()
+
+
+@dataclass
+class InferenceResult:
+    """An Answer plus the tensors behind it (for --dump and debugging)."""
+
+    answer: Answer
+    prompt_ids: np.ndarray  # int64, one IMAGE_TOKEN_INDEX entry where the visual tokens go
+    visual_embeds: np.ndarray  # float32 (frames*210, hidden)
+    last_logits: np.ndarray  # float32 (vocab,), at the last prompt position
+    generated_ids: np.ndarray  # int64
+    token_probs: np.ndarray = field(default_factory=lambda: np.zeros(0))  # float64, per generated token
+    frame_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {name!r}")
+    return getattr(torch, name)
+
+
+def _check_device(device: str) -> str:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"invalid device {device!r}: {err}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device!r}")
+    return str(dev)
+
+
+def tiny_checkpoint_dir(seed: int = 0) -> str:
+    """A tiny random official-layout checkpoint, built once per process and seed in a temp folder."""
+    from .model.tiny import build_tiny_checkpoint
+
+    with _tiny_lock:
+        if seed not in _tiny_dirs:
+            tmp = tempfile.TemporaryDirectory(prefix=f"gs_reasoner_tiny_{seed}_")
+            build_tiny_checkpoint(tmp.name, seed=seed)
+            _tiny_dirs[seed] = tmp
+        return _tiny_dirs[seed].name
+
+
+class Reasoner:
+    """GS-Reasoner behind one `answer()` call. Thread-safe: queries run one at a time."""
+
+    def __init__(self, model, tokenizer, *, deterministic: bool = True, num_frames: int = 32, seed: int = 0,
+                 untrained: bool = False, checkpoint: str | None = None,
+                 max_question_chars: int = MAX_QUESTION_CHARS, max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP):
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.deterministic = bool(deterministic)
+        self.num_frames = int(num_frames)
+        self.seed = int(seed)
+        self.untrained = bool(untrained)
+        self.checkpoint = checkpoint
+        self.max_question_chars = int(max_question_chars)
+        self.max_new_tokens_cap = int(max_new_tokens_cap)
+        self.eos_token_ids = [i for i in (tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                                          tokenizer.convert_tokens_to_ids("<|endoftext|>")) if i is not None]
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, checkpoint: str | None = None, *, device: str = "cpu", dtype: str = "float32",
+             deterministic: bool = True, vision_tower: str | None = None, num_frames: int = 32,
+             seed: int = 0, **limits) -> "Reasoner":
+        """Load a checkpoint folder (official GS-Reasoner layout), or a tiny untrained model if None.
+
+        deterministic=True fixes the point chosen per voxel and the serialization order (the node's
+        default); False reproduces the authors' random choices from `seed`. `limits` are
+        max_question_chars / max_new_tokens_cap.
+        """
+        import torch
+
+        from .model import GSReasonerForCausalLM
+        from .model.tokenizer import build_tiny_tokenizer, load_tokenizer
+
+        torch_dtype = _torch_dtype(dtype)
+        device = _check_device(device)
+        untrained = checkpoint is None
+        if untrained:
+            log.warning("NO CHECKPOINT GIVEN: using a tiny model with RANDOM weights; its answers are "
+                        "meaningless. Pass the GS-Reasoner folder (ymccccc/GS-Reasoner) as the checkpoint.")
+            path = tiny_checkpoint_dir(seed)
+        else:
+            path = os.fspath(checkpoint)
+            if not os.path.isdir(path):
+                raise ValueError(f"checkpoint folder {path!r} does not exist")
+        if vision_tower is not None and not os.path.isdir(vision_tower):
+            raise ValueError(f"vision tower folder {vision_tower!r} does not exist")
+        model = GSReasonerForCausalLM.from_pretrained(path, vision_tower=vision_tower, device=device,
+                                                      dtype=torch_dtype)
+        model.eval()
+        try:
+            tokenizer = load_tokenizer(path)
+        except ValueError:
+            if not untrained:
+                raise
+            tokenizer = build_tiny_tokenizer()
+        return cls(model, tokenizer, deterministic=deterministic, num_frames=num_frames, seed=seed,
+                   untrained=untrained, checkpoint=None if untrained else path, **limits)
+
+    # ---- queries ------------------------------------------------------------------
+
+    def check_query(self, question: str, options: Sequence[str] = (), task: str = "spatial",
+                    max_new_tokens: int | None = None) -> int:
+        """Validate a query (ValueError naming the problem); returns the max_new_tokens to use."""
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("the question is empty")
+        options = list(options)
+        if not all(isinstance(o, str) for o in options):
+            raise ValueError("options must be strings")
+        if len(options) > MAX_OPTIONS:
+            raise ValueError(f"at most {MAX_OPTIONS} options, got {len(options)}")
+        if options and task != "spatial":
+            raise ValueError(f"options are only used with task 'spatial', not {task!r}")
+        length = len(question) + sum(len(o) for o in options)
+        if length > self.max_question_chars:
+            raise ValueError(f"question and options are {length} characters; the limit is {self.max_question_chars}")
+        if max_new_tokens is None or max_new_tokens == 0:
+            return min(DEFAULT_MAX_NEW_TOKENS[task], self.max_new_tokens_cap)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
+            raise ValueError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
+        if not 1 <= max_new_tokens <= self.max_new_tokens_cap:
+            raise ValueError(f"max_new_tokens must be in 1..{self.max_new_tokens_cap}, got {max_new_tokens}")
+        return int(max_new_tokens)
+
+    def answer(self, scene, question: str, *, options: Sequence[str] = (), task: str = "spatial",
+               max_new_tokens: int | None = None) -> Answer:
+        """Answer one question about `scene` (a gs_reasoner_ros.scene.Scene).
+
+        task "spatial" uses the grounded chain-of-thought prompt (options make it multiple
+        choice); "ground" and "qa" the direct-answer prompt. max_new_tokens None or 0 means
+        DEFAULT_MAX_NEW_TOKENS[task]. Boxes are in the model (axis-aligned) frame.
+        """
+        return self.run(scene, question, options=options, task=task, max_new_tokens=max_new_tokens).answer
+
+    def run(self, scene, question: str, *, options: Sequence[str] = (), task: str = "spatial",
+            max_new_tokens: int | None = None) -> InferenceResult:
+        """`answer()` plus the prompt ids, visual tokens, last prompt logits and generated ids."""
+        import torch
+
+        budget = self.check_query(question, options, task, max_new_tokens)
+        options = tuple(options)
+        timings: dict[str, float] = {}
+        with self._lock, torch.inference_mode():
+            t0 = time.perf_counter()
+            frames = scene.uniform_indices(self.num_frames)
+            pixel_values, world_coords = self.model.preprocess(scene, frames)
+            t1 = time.perf_counter()
+            generator = None if self.deterministic else torch.Generator().manual_seed(self.seed)
+            visual = self.model.encode_visual(pixel_values, world_coords, deterministic=self.deterministic,
+                                              generator=generator)
+            t2 = time.perf_counter()
+            ids = prompt_ids(self.tokenizer, question, options, task)
+            out = self.model.generate(ids, visual, budget, self.eos_token_ids)
+            t3 = time.perf_counter()
+        text, spans = token_spans(self.tokenizer, out.ids)
+        think, answer_text, objects = parse_output(text)
+        assign_confidences(objects, spans, out.token_probs)
+        t4 = time.perf_counter()
+        timings.update(preprocess=t1 - t0, encode=t2 - t1, generate=t3 - t2)
+        timings.update({k: float(v) for k, v in (out.timings or {}).items() if k not in timings})
+        timings.update(parse=t4 - t3, total=t4 - t0)
+        answer = Answer(answer=answer_text, text=text, objects=objects, think=think,
+                        keyframes_used=len(frames), timings=timings, untrained=self.untrained)
+        return InferenceResult(
+            answer=answer,
+            prompt_ids=np.asarray(ids, dtype=np.int64),
+            visual_embeds=visual.detach().float().cpu().numpy(),
+            last_logits=out.last_prompt_logits.detach().float().cpu().numpy().reshape(-1),
+            generated_ids=np.asarray(out.ids, dtype=np.int64),
+            token_probs=np.asarray(out.token_probs, dtype=np.float64),
+            frame_indices=np.asarray(frames, dtype=np.int64),
+        )
+
+
+__all__ = ["Reasoner", "InferenceResult", "DEFAULT_MAX_NEW_TOKENS", "MAX_NEW_TOKENS_CAP", "MAX_QUESTION_CHARS",
+           "tiny_checkpoint_dir"]
