@@ -1,0 +1,443 @@
+"""Fast greedy decoding over a transformers ``Qwen2ForCausalLM`` fed with ``inputs_embeds``.
+
+transformers' ``generate`` re-enters Python, rebuilds masks and grows a dynamic cache for every
+token, so on an H100 a 7B decode step costs several times the time needed to read the weights
+once. ``GreedyDecoder`` keeps the work per token down to the weight reads:
+
+- a static KV cache preallocated for ``max_cache_len`` positions, written in place;
+- one decode step whose inputs (token, position) live in device buffers and which updates them
+  itself, so on CUDA the step is captured once into a CUDA graph (optionally after
+  ``torch.compile``) and each token costs one graph replay;
+- a prefix cache: the KV of a prompt prefix (system prompt + visual tokens) is kept under a key,
+  so a follow-up question on the same keyframes prefills only the question.
+
+The decoder calls the language model's own modules (norms, projections, MLP, ``lm_head``), so
+LoRA-wrapped layers and any dtype work unchanged; only the attention arithmetic and the RoPE
+application are written here, as the same formulas transformers uses. On CPU the generated ids
+equal plain argmax decoding with transformers (tested with a tiny random Qwen2 in float32).
+
+Compilation and graph capture happen in :meth:`GreedyDecoder.warmup`, which the node calls when
+it is configured; a decoder that was never warmed up decodes eagerly instead of capturing on a
+user's question. One decoder serves one request at a time (the node serialises queries).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import OrderedDict
+from typing import Hashable, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+_CACHE_ALIGN = 64  # cache length multiple: keeps attention rows aligned for the GPU kernels
+
+
+class Generation(NamedTuple):
+    """Result of :meth:`GreedyDecoder.generate` (unpacks as ``ids, token_probs, last_prompt_logits``)."""
+
+    ids: Tensor  # (n,) int64 on CPU; ends with the eos token when decoding stopped on one
+    token_probs: Tensor  # (n,) float32: softmax probability of each chosen token
+    last_prompt_logits: Tensor  # (vocab,) float32 logits at the last prompt position
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # Same arithmetic as transformers' apply_rotary_pos_emb, so float32 results agree bit for bit.
+    return x * cos + _rotate_half(x) * sin
+
+
+class GreedyDecoder:
+    """Greedy decoding engine with a static KV cache, CUDA-graph decode step and prefix cache.
+
+    Args:
+        lm: a transformers ``Qwen2ForCausalLM`` (or any model with the same ``.model.layers`` /
+            ``.model.norm`` / ``.lm_head`` structure; for a peft model pass ``get_base_model()``).
+        max_cache_len: positions in the static KV cache (prompt + generated tokens), rounded up
+            to a multiple of 64. Costs ``layers * 2 * kv_heads * head_dim * dtype bytes`` each
+            (56 KiB per position for Qwen2-7B in bf16).
+        use_cuda_graphs: ``"auto"`` (on CUDA devices), True or False.
+        compile: False; True to run the decode step through ``torch.compile`` (inductor, then
+            captured into the CUDA graph); or ``"reduce-overhead"`` to let ``torch.compile``
+            do its own graph capture instead of ours.
+        max_prefixes: how many cached prefixes to keep. One lives in the static cache itself;
+            each further one keeps a copy of its KV (about 0.4 GB per 32-frame prefix).
+        prefill_chunk: prefill at most this many tokens per forward pass (bounds activation
+            memory); None prefills in one pass.
+    """
+
+    def __init__(
+        self,
+        lm,
+        max_cache_len: int = 8192,
+        use_cuda_graphs: bool | str = "auto",
+        compile: bool | str = False,
+        max_prefixes: int = 1,
+        prefill_chunk: int | None = None,
+    ) -> None:
+        for attr in ("model", "lm_head", "config"):
+            if not hasattr(lm, attr):
+                raise ValueError(f"lm must be a Qwen2ForCausalLM-like model; it has no '{attr}'")
+        cfg = lm.config
+        if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+            raise ValueError("GreedyDecoder supports full attention only (the model uses sliding windows)")
+        if max_cache_len < 2:
+            raise ValueError(f"max_cache_len must be at least 2, got {max_cache_len}")
+        if max_prefixes < 1:
+            raise ValueError(f"max_prefixes must be >= 1, got {max_prefixes}")
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be positive or None, got {prefill_chunk}")
+        if compile not in (False, True, "reduce-overhead"):
+            raise ValueError(f"compile must be False, True or 'reduce-overhead', got {compile!r}")
+
+        self.lm = lm
+        self.layers = list(lm.model.layers)
+        weight = lm.model.embed_tokens.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        self.hidden_size = cfg.hidden_size
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.groups = self.num_heads // self.num_kv_heads
+        self.scaling = self.head_dim**-0.5
+        self.max_cache_len = -(-max_cache_len // _CACHE_ALIGN) * _CACHE_ALIGN
+        self.max_prefixes = max_prefixes
+        self.prefill_chunk = prefill_chunk
+
+        if use_cuda_graphs == "auto":
+            use_cuda_graphs = self.device.type == "cuda"
+        if use_cuda_graphs and self.device.type != "cuda":
+            raise ValueError("use_cuda_graphs=True needs the model on a CUDA device")
+        if compile == "reduce-overhead" and self.device.type != "cuda":
+            raise ValueError("compile='reduce-overhead' needs the model on a CUDA device")
+        self.use_cuda_graphs = bool(use_cuda_graphs) and compile != "reduce-overhead"
+        self.compile = compile
+
+        with torch.no_grad():
+            self._alloc_buffers()
+        self._step = self._decode_step
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._warm = False
+        self._warned_cold = False
+        self._keys = itertools.count()
+        self._resident: Hashable | None = None  # key whose KV sits in the static cache
+        self._prefixes: OrderedDict[Hashable, tuple[int, Tensor | None]] = OrderedDict()
+        self.warmup_s: float | None = None
+
+    # ------------------------------------------------------------------ buffers
+    def _alloc_buffers(self) -> None:
+        n, L, dev = len(self.layers), self.max_cache_len, self.device
+        # One tensor for all layers so a prefix snapshot/restore is a single copy.
+        self._kv = torch.zeros(n, 2, 1, self.num_kv_heads, L, self.head_dim, dtype=self.dtype, device=dev)
+        positions = torch.arange(L, device=dev)
+        probe = torch.zeros(1, dtype=self.dtype, device=dev)
+        cos, sin = self.lm.model.rotary_emb(probe, positions[None])
+        self._cos, self._sin = cos, sin  # (1, L, head_dim), same values transformers computes
+        self._positions = positions
+        # Decode-step state: the step reads _tok/_pos and advances them, so a replayed graph
+        # needs nothing from the host between tokens.
+        self._tok = torch.zeros(1, 1, dtype=torch.long, device=dev)
+        self._pos = torch.zeros(1, dtype=torch.long, device=dev)
+        self._next = torch.zeros(1, dtype=torch.long, device=dev)
+        self._prob = torch.zeros(1, dtype=torch.float32, device=dev)
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Bytes held by the static KV cache."""
+        return self._kv.numel() * self._kv.element_size()
+
+    # ------------------------------------------------------------------ model pieces
+    def _attention_qkv(self, layer, h: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        attn = layer.self_attn
+        T = h.shape[1]
+        q = attn.q_proj(h).view(1, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return _rope(q, cos, sin), _rope(k, cos, sin), v
+
+    def _mlp_block(self, layer, x: Tensor) -> Tensor:
+        return x + layer.mlp(layer.post_attention_layernorm(x))
+
+    def _logits(self, x_last: Tensor) -> Tensor:
+        return self.lm.lm_head(self.lm.model.norm(x_last))[0, -1].float()
+
+    # ------------------------------------------------------------------ prefill
+    def _forward_chunk(self, embeds: Tensor, start: int) -> Tensor:
+        """Run ``embeds`` at positions ``start..`` through the LM, filling the cache; returns the
+        last position's hidden state (1, 1, H)."""
+        T = embeds.shape[1]
+        end = start + T
+        cos, sin = self._cos[:, start:end], self._sin[:, start:end]
+        # Causal attention over the cached positions before `start` plus this chunk.
+        mask = None
+        if start > 0:
+            mask = self._positions[:end][None, :] <= self._positions[start:end][:, None]
+        x = embeds
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._attention_qkv(layer, layer.input_layernorm(x), cos, sin)
+            self._kv[i, 0, :, :, start:end] = k
+            self._kv[i, 1, :, :, start:end] = v
+            keys = self._expand_kv(self._kv[i, 0, :, :, :end])
+            values = self._expand_kv(self._kv[i, 1, :, :, :end])
+            o = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=mask, is_causal=mask is None, scale=self.scaling
+            )
+            o = o.transpose(1, 2).reshape(1, T, self.num_heads * self.head_dim)
+            x = x + layer.self_attn.o_proj(o)
+            x = self._mlp_block(layer, x)
+        return x[:, -1:]
+
+    def _expand_kv(self, t: Tensor) -> Tensor:
+        # (1, kv_heads, S, D) -> (1, heads, S, D), head h reading kv head h // groups as transformers does.
+        if self.groups == 1:
+            return t
+        _, hk, s, d = t.shape
+        return t[:, :, None].expand(1, hk, self.groups, s, d).reshape(1, hk * self.groups, s, d)
+
+    def _prefill(self, embeds: Tensor, start: int) -> Tensor:
+        chunk = self.prefill_chunk or embeds.shape[1]
+        for offset in range(0, embeds.shape[1], chunk):
+            last = self._forward_chunk(embeds[:, offset : offset + chunk], start + offset)
+        return last
+
+    # ------------------------------------------------------------------ decode step
+    def _decode_step(self) -> None:
+        """One token: embed _tok at _pos, append its KV, write argmax/probability, advance."""
+        pos = self._pos
+        x = self.lm.model.embed_tokens(self._tok)  # (1, 1, H)
+        cos, sin = self._cos.index_select(1, pos), self._sin.index_select(1, pos)
+        # Additive bias hiding the cache slots after `pos` (stale or never written).
+        bias = torch.where(self._positions > pos, float("-inf"), 0.0)
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._attention_qkv(layer, layer.input_layernorm(x), cos, sin)
+            keys, values = self._kv[i, 0], self._kv[i, 1]
+            keys.index_copy_(2, pos, k)
+            values.index_copy_(2, pos, v)
+            # The `groups` query heads sharing a kv head act as `groups` query rows against it:
+            # two batched matmuls over the cache instead of materialising repeated keys.
+            qg = q.reshape(1, self.num_kv_heads, self.groups, self.head_dim)
+            scores = torch.matmul(qg, keys.transpose(-1, -2)) * self.scaling
+            probs = torch.softmax(scores.float() + bias, dim=-1).to(values.dtype)
+            o = torch.matmul(probs, values).reshape(1, 1, self.num_heads * self.head_dim)
+            x = x + layer.self_attn.o_proj(o)
+            x = self._mlp_block(layer, x)
+        logits = self._logits(x)
+        nxt = torch.argmax(logits).view(1)
+        self._next.copy_(nxt)
+        self._prob.copy_(torch.exp(logits.max() - torch.logsumexp(logits, dim=-1)).view(1))
+        self._tok.copy_(nxt.view(1, 1))
+        self._pos.add_(1)
+
+    # ------------------------------------------------------------------ warm-up
+    @torch.inference_mode()
+    def warmup(self) -> float:
+        """Compile and capture the decode step and run every kernel once; returns seconds taken.
+
+        Call when the node is configured, before any question. Clears the prefix cache.
+        """
+        t0 = time.perf_counter()
+        self._drop_prefixes()
+        if self.compile is True:
+            self._step = torch.compile(self._decode_step, fullgraph=True, dynamic=False)
+        elif self.compile == "reduce-overhead":
+            for t in (self._kv, self._tok, self._pos, self._next, self._prob):
+                torch._dynamo.mark_static_address(t)
+            self._step = torch.compile(self._decode_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        # A short real prefill+decode touches the prefill kernels and, with compile, compiles.
+        probe = torch.zeros(1, min(16, self.max_cache_len // 2), self.hidden_size, dtype=self.dtype, device=self.device)
+        self._prefill(probe, 0)
+        for _ in range(3):
+            self._tok.zero_()
+            self._pos.fill_(self.max_cache_len - 1)
+            self._step()
+        if self.use_cuda_graphs:
+            self._capture()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._warm = True
+        self.warmup_s = time.perf_counter() - t0
+        return self.warmup_s
+
+    def _capture(self) -> None:
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):  # capture requires the side-stream warm-up
+            for _ in range(2):
+                self._pos.fill_(self.max_cache_len - 1)
+                self._step()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        self._pos.fill_(self.max_cache_len - 1)
+        with torch.cuda.graph(graph):
+            self._step()
+        self._graph = graph
+
+    def _run_step(self) -> None:
+        if self._graph is not None:
+            self._graph.replay()
+        elif self._warm and self.compile:
+            self._step()
+        else:
+            if self.device.type == "cuda" and not self._warned_cold and (self.use_cuda_graphs or self.compile):
+                log.warning("GreedyDecoder used before warmup(): decoding eagerly (slow)")
+                self._warned_cold = True
+            self._decode_step()
+
+    # ------------------------------------------------------------------ prefix cache
+    def _drop_prefixes(self) -> None:
+        self._prefixes.clear()
+        self._resident = None
+
+    def _release_resident(self) -> None:
+        """The static cache is about to be overwritten from position 0: keep a copy of the
+        resident prefix when more than one prefix may be kept, else forget it."""
+        key = self._resident
+        self._resident = None
+        if key is None or key not in self._prefixes:
+            return
+        length, snapshot = self._prefixes[key]
+        if snapshot is not None:
+            return
+        if self.max_prefixes > 1:
+            self._prefixes[key] = (length, self._kv[:, :, :, :, :length].clone())
+        else:
+            del self._prefixes[key]
+
+    def _activate(self, key: Hashable) -> int:
+        if key not in self._prefixes:
+            raise ValueError(f"no cached prefix under key {key!r} (never prefilled, or evicted): prefill it again")
+        length, snapshot = self._prefixes[key]
+        if key != self._resident:
+            self._release_resident()
+            self._kv[:, :, :, :, :length].copy_(snapshot)
+            self._resident = key
+        self._prefixes.move_to_end(key)
+        return length
+
+    @torch.inference_mode()
+    def prefill(self, prefix_embeds: Tensor, key: Hashable | None = None) -> Hashable:
+        """Cache the KV of a prompt prefix (e.g. system prompt + visual tokens) under ``key``.
+
+        ``prefix_embeds`` is (1, T, hidden). Returns the key (a fresh one when ``key`` is None),
+        to pass as ``generate(..., prefix_key=key)`` for each question on that prefix.
+        """
+        embeds = self._check_embeds(prefix_embeds, "prefix_embeds")
+        T = embeds.shape[1]
+        if T >= self.max_cache_len:
+            raise ValueError(f"prefix of {T} tokens does not fit max_cache_len={self.max_cache_len}")
+        if key is None:
+            key = ("prefix", next(self._keys))
+        self._release_resident()
+        self._prefixes.pop(key, None)
+        self._prefill(embeds, 0)
+        self._prefixes[key] = (T, None)
+        self._resident = key
+        while len(self._prefixes) > self.max_prefixes:
+            self._prefixes.popitem(last=False)
+        return key
+
+    def has_prefix(self, key: Hashable) -> bool:
+        """Whether a prefix is cached under ``key``."""
+        return key in self._prefixes
+
+    # ------------------------------------------------------------------ generation
+    def _check_embeds(self, embeds: Tensor, name: str) -> Tensor:
+        if not isinstance(embeds, Tensor) or embeds.ndim != 3 or embeds.shape[0] != 1:
+            shape = tuple(embeds.shape) if isinstance(embeds, Tensor) else type(embeds).__name__
+            raise ValueError(f"{name} must be a (1, T, hidden) tensor, got {shape}")
+        if embeds.shape[1] == 0:
+            raise ValueError(f"{name} is empty: at least one token is needed")
+        if embeds.shape[2] != self.hidden_size:
+            raise ValueError(f"{name} has width {embeds.shape[2]}, the model's hidden size is {self.hidden_size}")
+        return embeds.to(device=self.device, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        embeds: Tensor,
+        max_new_tokens: int,
+        eos_token_ids: Sequence[int] | int | None = None,
+        prefix_key: Hashable | None = None,
+    ) -> Generation:
+        """Greedy-decode up to ``max_new_tokens`` after ``embeds``.
+
+        ``embeds`` (1, T, hidden) is the whole prompt, or with ``prefix_key`` the part after a
+        prefix cached by :meth:`prefill` (the question). Decoding stops after the first token in
+        ``eos_token_ids`` (kept in the output); with no eos ids it produces exactly
+        ``max_new_tokens`` tokens.
+        """
+        embeds = self._check_embeds(embeds, "embeds")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        eos = {eos_token_ids} if isinstance(eos_token_ids, int) else set(eos_token_ids or ())
+        start = 0 if prefix_key is None else self._activate(prefix_key)
+        T = embeds.shape[1]
+        if start + T + max_new_tokens - 1 > self.max_cache_len:
+            raise ValueError(
+                f"prompt of {start + T} tokens + {max_new_tokens} new tokens exceeds max_cache_len={self.max_cache_len}"
+            )
+        if start == 0:
+            self._release_resident()
+
+        logits = self._logits(self._prefill(embeds, start))
+        first = torch.argmax(logits)
+        ids = torch.empty(max_new_tokens, dtype=torch.long, device=self.device)
+        probs = torch.empty(max_new_tokens, dtype=torch.float32, device=self.device)
+        ids[0] = first
+        probs[0] = torch.exp(logits.max() - torch.logsumexp(logits, dim=-1))
+        self._tok.copy_(first.view(1, 1))
+        self._pos.fill_(start + T)
+        n = self._decode_loop(ids, probs, max_new_tokens, eos)
+        return Generation(ids[:n].cpu(), probs[:n].cpu(), logits.cpu())
+
+    def _decode_loop(self, ids: Tensor, probs: Tensor, max_new: int, eos: set[int]) -> int:
+        """Decode tokens 1..max_new-1 into ids/probs; returns how many tokens are valid."""
+        if not eos:
+            for i in range(1, max_new):
+                self._run_step()
+                ids[i : i + 1].copy_(self._next)
+                probs[i : i + 1].copy_(self._prob)
+            return max_new
+        if self.device.type != "cuda":
+            if int(ids[0]) in eos:
+                return 1
+            for i in range(1, max_new):
+                self._run_step()
+                ids[i : i + 1].copy_(self._next)
+                probs[i : i + 1].copy_(self._prob)
+                if int(self._next) in eos:
+                    return i + 1
+            return max_new
+        return self._decode_loop_cuda(ids, probs, max_new, eos)
+
+    def _decode_loop_cuda(self, ids: Tensor, probs: Tensor, max_new: int, eos: set[int]) -> int:
+        # Step i is queued before token i-1 is tested for eos, so the GPU never idles waiting
+        # for the host; a step past the eos is wasted work, never wrong output.
+        host = torch.empty(max_new, dtype=torch.long, pin_memory=True)
+        events: list[torch.cuda.Event] = []
+
+        def stage(i: int) -> None:
+            host[i : i + 1].copy_(ids[i : i + 1], non_blocking=True)
+            events.append(torch.cuda.Event())
+            events[-1].record()
+
+        stage(0)
+        for i in range(1, max_new):
+            self._run_step()
+            ids[i : i + 1].copy_(self._next)
+            probs[i : i + 1].copy_(self._prob)
+            stage(i)
+            events[i - 1].synchronize()
+            if int(host[i - 1]) in eos:
+                return i
+        events[-1].synchronize()
+        return max_new
