@@ -83,10 +83,11 @@ def _check_paths(args) -> None:
 def _infer(args) -> int:
     import numpy as np
 
-    from .reasoner import Reasoner
+    from .reasoner import Reasoner, check_query
     from .scene import Scene
 
     _check_paths(args)
+    check_query(args.question, args.options, args.task, args.max_new_tokens)  # before the slow model load
     try:
         scene = Scene.load(args.scene)
     except (ValueError, OSError, KeyError) as err:
@@ -94,7 +95,6 @@ def _infer(args) -> int:
     checkpoint = None if args.checkpoint == TINY else args.checkpoint
     reasoner = Reasoner.load(checkpoint, device=args.device, dtype=args.dtype,
                              vision_tower=args.vision_tower, seed=args.seed)
-    reasoner.check_query(args.question, args.options, args.task, args.max_new_tokens)
     if reasoner.untrained:
         print("gs-reasoner infer: WARNING: untrained tiny model (random weights); the answer is meaningless",
               file=sys.stderr)

@@ -88,6 +88,35 @@ def tiny_checkpoint_dir(seed: int = 0) -> str:
         return _tiny_dirs[seed].name
 
 
+def check_query(question: str, options: Sequence[str] = (), task: str = "spatial", max_new_tokens: int | None = None,
+                *, max_question_chars: int = MAX_QUESTION_CHARS, max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP) -> int:
+    """Validate a query (ValueError naming the problem); returns the max_new_tokens to use.
+
+    max_new_tokens None or 0 means DEFAULT_MAX_NEW_TOKENS[task] (0 is the services' "default").
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("the question is empty")
+    options = list(options)
+    if not all(isinstance(o, str) for o in options):
+        raise ValueError("options must be strings")
+    if len(options) > MAX_OPTIONS:
+        raise ValueError(f"at most {MAX_OPTIONS} options, got {len(options)}")
+    if options and task != "spatial":
+        raise ValueError(f"options are only used with task 'spatial', not {task!r}")
+    length = len(question) + sum(len(o) for o in options)
+    if length > max_question_chars:
+        raise ValueError(f"question and options are {length} characters; the limit is {max_question_chars}")
+    if max_new_tokens is None or max_new_tokens == 0:
+        return min(DEFAULT_MAX_NEW_TOKENS[task], max_new_tokens_cap)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
+        raise ValueError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
+    if not 1 <= max_new_tokens <= max_new_tokens_cap:
+        raise ValueError(f"max_new_tokens must be in 1..{max_new_tokens_cap}, got {max_new_tokens}")
+    return int(max_new_tokens)
+
+
 class Reasoner:
     """GS-Reasoner behind one `answer()` call. Thread-safe: queries run one at a time."""
 
@@ -153,28 +182,9 @@ class Reasoner:
 
     def check_query(self, question: str, options: Sequence[str] = (), task: str = "spatial",
                     max_new_tokens: int | None = None) -> int:
-        """Validate a query (ValueError naming the problem); returns the max_new_tokens to use."""
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError("the question is empty")
-        options = list(options)
-        if not all(isinstance(o, str) for o in options):
-            raise ValueError("options must be strings")
-        if len(options) > MAX_OPTIONS:
-            raise ValueError(f"at most {MAX_OPTIONS} options, got {len(options)}")
-        if options and task != "spatial":
-            raise ValueError(f"options are only used with task 'spatial', not {task!r}")
-        length = len(question) + sum(len(o) for o in options)
-        if length > self.max_question_chars:
-            raise ValueError(f"question and options are {length} characters; the limit is {self.max_question_chars}")
-        if max_new_tokens is None or max_new_tokens == 0:
-            return min(DEFAULT_MAX_NEW_TOKENS[task], self.max_new_tokens_cap)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
-            raise ValueError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
-        if not 1 <= max_new_tokens <= self.max_new_tokens_cap:
-            raise ValueError(f"max_new_tokens must be in 1..{self.max_new_tokens_cap}, got {max_new_tokens}")
-        return int(max_new_tokens)
+        """`check_query` with this reasoner's limits."""
+        return check_query(question, options, task, max_new_tokens, max_question_chars=self.max_question_chars,
+                           max_new_tokens_cap=self.max_new_tokens_cap)
 
     def answer(self, scene, question: str, *, options: Sequence[str] = (), task: str = "spatial",
                max_new_tokens: int | None = None) -> Answer:
@@ -203,6 +213,7 @@ class Reasoner:
             visual = self.model.encode_visual(pixel_values, world_coords, deterministic=self.deterministic,
                                               generator=generator)
             t2 = time.perf_counter()
+            stages = dict(getattr(self.model, "timings", None) or {})  # read under the lock
             ids = prompt_ids(self.tokenizer, question, options, task)
             out = self.model.generate(ids, visual, budget, self.eos_token_ids)
             t3 = time.perf_counter()
@@ -210,9 +221,12 @@ class Reasoner:
         think, answer_text, objects = parse_output(text)
         assign_confidences(objects, spans, out.token_probs)
         t4 = time.perf_counter()
-        timings.update(preprocess=t1 - t0, encode=t2 - t1, generate=t3 - t2)
-        timings.update({k: float(v) for k, v in (out.timings or {}).items() if k not in timings})
-        timings.update(parse=t4 - t3, total=t4 - t0)
+        # Seconds per stage; the model's own finer stages (siglip_s, sonata_s, pooling_s,
+        # prefill_s, decode_s) are added where it reports them.
+        timings.update(preprocess_s=t1 - t0, encode_s=t2 - t1, generate_s=t3 - t2)
+        stages.update(out.timings or {})
+        timings.update({k: float(v) for k, v in stages.items() if k.endswith("_s") and k not in timings})
+        timings.update(parse_s=t4 - t3, total_s=t4 - t0)
         answer = Answer(answer=answer_text, text=text, objects=objects, think=think,
                         keyframes_used=len(frames), timings=timings, untrained=self.untrained)
         return InferenceResult(
@@ -226,5 +240,5 @@ class Reasoner:
         )
 
 
-__all__ = ["Reasoner", "InferenceResult", "DEFAULT_MAX_NEW_TOKENS", "MAX_NEW_TOKENS_CAP", "MAX_QUESTION_CHARS",
+__all__ = ["Reasoner", "InferenceResult", "check_query", "DEFAULT_MAX_NEW_TOKENS", "MAX_NEW_TOKENS_CAP", "MAX_QUESTION_CHARS",
            "tiny_checkpoint_dir"]

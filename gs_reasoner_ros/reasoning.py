@@ -305,6 +305,9 @@ def parse_output(text: str) -> tuple[str, str, list[GroundedBox]]:
 # ---- confidences --------------------------------------------------------------------
 
 
+_MAX_PENDING = 8  # a UTF-8 character has at most 4 bytes, so at most 4 byte-level tokens
+
+
 def token_spans(tokenizer, ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
     """Decoded text (special tokens skipped) and each token's character span in it.
 
@@ -321,13 +324,17 @@ def token_spans(tokenizer, ids: Sequence[int]) -> tuple[str, list[tuple[int, int
     for i in range(len(ids)):
         before = decode(ids[prefix:read])
         now = decode(ids[prefix:i + 1])
-        if now.endswith("\ufffd") and i + 1 < len(ids):
-            continue  # incomplete character: wait for the next token
+        if now.endswith("\ufffd") and i + 1 < len(ids) and i - read < _MAX_PENDING:
+            continue  # incomplete character: wait for the next token (a few at most: garbage never completes)
         delta = now[len(before):] if now.startswith(before) else now
         span = (len(text), len(text) + len(delta))
         spans.extend([span] * (i + 1 - read))
         text += delta
         prefix, read = read, i + 1
+    full = decode(ids)
+    if text != full:  # only for undecodable byte soup: keep the true text, clamp the spans into it
+        text = full
+        spans = [(min(s, len(full)), min(e, len(full))) for s, e in spans]
     return text, spans
 
 
