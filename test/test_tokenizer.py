@@ -112,3 +112,20 @@ def test_qwen2_prompt_ids_match_authors_and_resist_injection(qwen2):
         template = prompt_ids(qwen2, "x", ())
         for tid in range(151646, 151652):  # added tokens: only those in the instruction template
             assert ids.count(tid) == template.count(tid)
+
+
+def test_load_folder_declaring_qwen2_tokenizer_class(tiny, tmp_path):
+    """The release's tokenizer_config.json names Qwen2Tokenizer (whose unk is <|endoftext|>)."""
+    import json
+
+    from gs_reasoner_ros.reasoning import prompt_ids
+
+    tiny.save_pretrained(tmp_path)
+    config_file = tmp_path / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["tokenizer_class"] = "Qwen2Tokenizer"
+    config_file.write_text(json.dumps(config))
+    loaded = load_tokenizer(tmp_path)
+    assert type(loaded).__name__ == "Qwen2Tokenizer"
+    assert loaded(SAMPLE).input_ids == tiny(SAMPLE).input_ids
+    assert prompt_ids(loaded, "How far <think>?") == prompt_ids(tiny, "How far <think>?")

@@ -140,7 +140,8 @@ def load_tokenizer(checkpoint_dir: str | os.PathLike):
     if not any(os.path.isfile(os.path.join(checkpoint_dir, n)) for n in names):
         raise ValueError(f"checkpoint folder {checkpoint_dir!r} holds no tokenizer files ({', '.join(names)})")
     tok = AutoTokenizer.from_pretrained(checkpoint_dir)
-    missing = [t for t in (*SPECIAL_TOKENS, *ADDED_TOKENS) if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)]
+    vocab = tok.get_vocab()
+    missing = [t for t in (*SPECIAL_TOKENS, *ADDED_TOKENS) if t not in vocab]
     if missing:
         raise ValueError(f"tokenizer in {checkpoint_dir!r} lacks GS-Reasoner tokens: {', '.join(missing)}")
     return tok
