@@ -1,0 +1,116 @@
+"""Health counters of the node and their /diagnostics messages.
+
+diagnostic_updater is not on PyPI, so this is a small stand-in: thread-safe counters and
+windowed rates (Health), and a pure function that turns a snapshot of them into a
+DiagnosticArray the node publishes on a timer.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
+RATE_WINDOW_S = 5.0
+
+
+class Health:
+    """Counters (monotonic totals), rates over the last few seconds, and last values."""
+
+    def __init__(self, clock=time.monotonic, window_s: float = RATE_WINDOW_S):
+        self._clock, self._window = clock, window_s
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = collections.Counter()
+        self._ticks: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self._values: dict[str, object] = {}
+
+    def count(self, name: str, n: int = 1) -> int:
+        """Add n to counter `name` (its rate is tracked too); returns the new total."""
+        now = self._clock()
+        with self._lock:
+            self._counts[name] += n
+            ticks = self._ticks[name]
+            ticks.extend([now] * n)
+            self._trim(ticks, now)
+            return self._counts[name]
+
+    def set(self, name: str, value) -> None:
+        with self._lock:
+            self._values[name] = value
+
+    def total(self, name: str) -> int:
+        with self._lock:
+            return self._counts[name]
+
+    def rate(self, name: str) -> float:
+        """Events per second over the window (over the time since the first event if shorter)."""
+        now = self._clock()
+        with self._lock:
+            ticks = self._ticks[name]
+            self._trim(ticks, now)
+            return len(ticks) / self._window if ticks else 0.0
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            names = list(self._counts)
+        out = {f"{n}_total": self.total(n) for n in names}
+        out.update({f"{n}_hz": round(self.rate(n), 2) for n in names})
+        with self._lock:
+            out.update(self._values)
+        return out
+
+    def _trim(self, ticks: collections.deque, now: float) -> None:
+        while ticks and ticks[0] < now - self._window:
+            ticks.popleft()
+
+
+def _status(level, name, message, hardware_id, values: dict) -> DiagnosticStatus:
+    return DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
+                            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+
+def diagnostic_array(node_name: str, stamp, snap: dict, active: bool) -> DiagnosticArray:
+    """The node's four statuses (input, tf, map, model) from a Health snapshot plus the
+    values the node sets itself (keyframes, map_points, model_loaded, untrained, ...)."""
+    g = snap.get
+    inputs = {k: g(k, 0) for k in ("color_hz", "depth_hz", "camera_info_hz", "synced_hz", "integrated_hz",
+                                   "synced_total", "sync_dropped_total", "rejected_total")}
+    inputs["last_rejection"] = g("last_rejection", "")
+    if not active:
+        level, msg = OK, "inactive (no intake)"
+    elif g("synced_hz", 0) == 0:
+        level, msg = WARN, "no synced colour/depth/camera_info frames in the last 5 s"
+    elif g("rejected_hz", 0) > 0:
+        level, msg = WARN, f"rejecting input: {g('last_rejection', '')}"
+    else:
+        level, msg = OK, f"{g('synced_hz', 0):.1f} synced frames/s"
+    tf = {k: g(k, 0) for k in ("tf_hz", "tf_failures_total", "tf_waiting", "tf_invalid_total")}
+    tf["last_tf_failure"] = g("last_tf_failure", "")
+    tf_level = WARN if g("tf_failures_hz", 0) > 0 else OK
+    tf_msg = f"dropping frames without a pose: {g('last_tf_failure', '')}" if tf_level else "poses found"
+    mapping = {k: g(k, 0) for k in ("keyframes", "map_points", "integrated_total", "time_jump_resets_total")}
+    model = {k: g(k, "") for k in ("model_loaded", "untrained", "checkpoint", "device")}
+    model.update({k: g(k, 0) for k in ("queries_served_total", "queries_failed_total", "queries_refused_total",
+                                       "last_query_latency_s", "query_running")})
+    if not g("model_loaded", False):
+        m_level, m_msg = ERROR, "model not loaded (node not configured)"
+    elif g("untrained", False):
+        m_level, m_msg = WARN, "UNTRAINED model weights (no checkpoint): answers are meaningless"
+    else:
+        m_level, m_msg = OK, "model loaded"
+    hw = node_name
+    return DiagnosticArray(header=_header(stamp), status=[
+        _status(level, f"{node_name}: input", msg, hw, inputs),
+        _status(tf_level, f"{node_name}: tf", tf_msg, hw, tf),
+        _status(OK, f"{node_name}: map", f"{g('keyframes', 0)} keyframes, {g('map_points', 0)} map points",
+                hw, mapping),
+        _status(m_level, f"{node_name}: model", m_msg, hw, model),
+    ])
+
+
+def _header(stamp):
+    from std_msgs.msg import Header
+
+    return Header(stamp=stamp)

@@ -1,0 +1,505 @@
+"""reasoner_node: the ROS 2 lifecycle node around scene memory and GS-Reasoner.
+
+A thin shell: it converts messages and delegates to ROS-free libraries (scene_memory for
+keyframes and the voxel map, queries for the service logic, the reasoner for the model).
+
+Lifecycle: configure loads the model and allocates the stores, publishers, services and TF
+subscriptions; activate subscribes to the camera (intake); deactivate stops intake; cleanup
+frees everything. With autostart (default) it configures and activates itself at start.
+
+Threads (MultiThreadedExecutor): intake (synced frames + the TF-wait retry timer) in one
+mutually exclusive group, TF in another, outputs (map cloud, diagnostics) in a third, the
+services in a reentrant group; the model itself runs on the QueryWorker thread, so sensors
+and TF keep flowing during a query. No callback lets an exception out: bad input is
+rejected, counted and reported in a throttled warning and on /diagnostics.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_srvs.srv import Trigger
+from tf2_msgs.msg import TFMessage
+from visualization_msgs.msg import MarkerArray
+from diagnostic_msgs.msg import DiagnosticArray
+
+from gs_reasoner_ros.ros import conversions, dds, markers, params, qos
+from gs_reasoner_ros.ros.diagnostics import Health, diagnostic_array
+from gs_reasoner_ros.ros.queries import QueryEngine, QueryLimits, QueryOutcome, export_scene
+from gs_reasoner_ros.ros.query_worker import QueryWorker, Refused
+from gs_reasoner_ros.ros.sync import message_filters
+from gs_reasoner_ros.ros.tf_buffer import TfError, make_buffer
+from gs_reasoner_ros.srv import AskSpatialQuestion, ExportScene, GroundObjects
+
+NODE_NAME = "gs_reasoner"
+PENDING_RETRY_S = 0.02
+WARN_THROTTLE_S = 5.0
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+
+
+def load_reasoner(p):
+    """The default model factory: Reasoner.load from the parameters."""
+    from gs_reasoner_ros.reasoner import Reasoner
+
+    dtype = p.dtype if p.dtype != "auto" else ("bfloat16" if p.device.startswith("cuda") else "float32")
+    checkpoint = os.path.expanduser(p.checkpoint) if p.checkpoint else None
+    return Reasoner.load(checkpoint=checkpoint, device=p.device, dtype=dtype, deterministic=p.deterministic,
+                         vision_tower=os.path.expanduser(p.vision_tower) if p.vision_tower else None,
+                         num_frames=p.num_frames, seed=p.seed, max_question_chars=p.max_question_chars,
+                         max_new_tokens_cap=p.max_new_tokens_limit)
+
+
+class ReasonerNode(LifecycleNode):
+    """The gs_reasoner node. `reasoner_factory(params) -> reasoner` replaces Reasoner.load
+    (tests inject fakes); other keywords go to rclpy's Node."""
+
+    def __init__(self, node_name: str = NODE_NAME, *, reasoner_factory=None, **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.p = params.declare(self)
+        self.add_post_set_parameters_callback(lambda _: setattr(self, "p", params.read(self)))
+        self.health = Health()
+        self._factory = reasoner_factory or load_reasoner
+        self._groups = {name: MutuallyExclusiveCallbackGroup() for name in ("intake", "tf", "output")}
+        self._groups["services"] = ReentrantCallbackGroup()
+        self._intake_lock = threading.RLock()
+        self._active = False
+        self._release()
+        if self.p.autostart:
+            self.autostart()
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    def autostart(self) -> bool:
+        """configure + activate; False (with the reason logged) when configure fails."""
+        self.trigger_configure()
+        if self.state != "inactive":
+            return False
+        self.trigger_activate()
+        return self.state == "active"
+
+    @property
+    def state(self) -> str:
+        return self._state_machine.current_state[1]
+
+    def executor_threads(self) -> int:
+        """Enough threads that waiting queries never starve intake, TF and outputs."""
+        return 4 + 1 + self.p.query_queue_size
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        from gs_reasoner_ros.scene_memory import KeyframeStore, VoxelMap
+
+        self.p = p = params.read(self)
+        self.get_logger().info(f"configuring: loading the model (checkpoint={p.checkpoint or '<none>'}, "
+                               f"device={p.device})")
+        try:
+            self.reasoner = self._factory(p)
+        except Exception as err:  # noqa: BLE001 (a bad checkpoint fails the transition, not the process)
+            self.get_logger().error(f"cannot load the model: {type(err).__name__}: {err}")
+            return FAILURE
+        untrained = bool(getattr(self.reasoner, "untrained", False))
+        if untrained:
+            self.get_logger().warning("NO CHECKPOINT: running a tiny UNTRAINED model; every answer is "
+                                      "meaningless and says so. Set the checkpoint parameter to a "
+                                      "GS-Reasoner folder (README: Model weights).")
+        self.health.set("model_loaded", True)
+        self.health.set("untrained", untrained)
+        self.health.set("checkpoint", p.checkpoint)
+        self.health.set("device", p.device)
+        self.tf = make_buffer(p.tf_cache_s)
+        self.voxel_map = VoxelMap(voxel_size=p.voxel_size, max_voxels=p.max_voxels, eviction=p.map_eviction)
+        self.keyframes = KeyframeStore(max_keyframes=p.max_keyframes, min_translation=p.keyframe_min_translation_m,
+                                       min_rotation_deg=p.keyframe_min_rotation_deg,
+                                       min_interval_s=p.keyframe_min_interval_s,
+                                       max_interval_s=p.keyframe_max_interval_s, eviction=p.keyframe_eviction)
+        self.engine = QueryEngine(self.reasoner, self.keyframes, self.voxel_map, self._limits())
+        self.worker = QueryWorker(p.query_queue_size, p.query_wait_s)
+        self._pending = collections.deque()
+        self._create_outputs()
+        self._create_services()
+        g = self._groups
+        self._subs = [
+            self.create_subscription(TFMessage, "/tf", self._on_tf, qos.TF, callback_group=g["tf"]),
+            self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, static=True),
+                                     qos.TF_STATIC, callback_group=g["tf"]),
+        ]
+        self._timers = [self.create_timer(PENDING_RETRY_S, self._retry_pending, callback_group=g["intake"]),
+                        self.create_timer(p.diagnostics_period_s, self._publish_diagnostics,
+                                          callback_group=g["output"])]
+        if p.map_publish_period_s > 0:
+            self._timers.append(self.create_timer(p.map_publish_period_s, self._publish_map,
+                                                  callback_group=g["output"]))
+        return SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        mf, p = message_filters(), self.p
+        profile = qos.input_qos(p.input_qos)
+        g = self._groups["intake"]
+        self._inputs = [mf.Subscriber(self, Image, "color/image", qos_profile=profile, callback_group=g),
+                        mf.Subscriber(self, Image, "depth/image", qos_profile=profile, callback_group=g),
+                        mf.Subscriber(self, CameraInfo, "color/camera_info", qos_profile=profile, callback_group=g)]
+        for f, name in zip(self._inputs, ("color", "depth", "camera_info")):
+            f.registerCallback(lambda _m, n=name: self.health.count(n))
+        self._sync = mf.ApproximateTimeSynchronizer(self._inputs, p.sync_queue_size, p.sync_slop_s)
+        self._sync.registerCallback(self._on_frame)
+        self._active = True
+        self.get_logger().info(f"active: intake from {self.resolve_topic_name('color/image')}, "
+                               f"{self.resolve_topic_name('depth/image')}, "
+                               f"{self.resolve_topic_name('color/camera_info')} ({p.input_qos}), "
+                               f"poses in {p.world_frame}")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_intake()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_intake()
+        self._release()
+        return SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_intake()
+        self._release()
+        return SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_intake()
+        self._release()
+        return SUCCESS
+
+    def _stop_intake(self) -> None:
+        self._active = False
+        for f in getattr(self, "_inputs", []):
+            self.destroy_subscription(f.sub)
+        self._inputs, self._sync = [], None
+        with self._intake_lock:
+            if getattr(self, "_pending", None) is not None:
+                self._pending.clear()
+
+    def _release(self) -> None:
+        """Drop everything configure made (also the initial state)."""
+        worker = getattr(self, "worker", None)
+        if worker is not None:
+            worker.stop()
+        for timer in getattr(self, "_timers", []):
+            self.destroy_timer(timer)
+        for sub in getattr(self, "_subs", []):
+            self.destroy_subscription(sub)
+        for srv in getattr(self, "_services_made", []):
+            self.destroy_service(srv)
+        for pub in getattr(self, "_pubs", {}).values():
+            self.destroy_publisher(pub)
+        self._timers, self._subs, self._services_made, self._pubs = [], [], [], {}
+        self.reasoner = self.tf = self.voxel_map = self.keyframes = self.engine = self.worker = None
+        self._pending = None
+        self._inputs, self._sync = [], None
+        self._map_version = self._published_version = 0
+        self._last_image_stamp = self._newest_tf_stamp = None
+        self._newest_integrated = 0.0
+        self.health.set("model_loaded", False)
+
+    def stop(self, timeout_s: float = 0.5) -> bool:
+        """Shutdown path of main(): refuse queries and release waiting callers at once.
+        Returns False while a model call is still running on the worker thread."""
+        self._active = False
+        return self.worker is None or self.worker.stop(timeout_s)
+
+    # ---- entities -------------------------------------------------------------------
+
+    def _create_outputs(self) -> None:
+        g = self._groups["output"]
+        self._pubs = {
+            "markers": self.create_publisher(MarkerArray, "~/markers", qos.LATCHED, callback_group=g),
+            "map": self.create_publisher(PointCloud2, "~/map_cloud", qos.LATCHED, callback_group=g),
+            "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", qos.DIAGNOSTICS, callback_group=g),
+        }
+
+    def _create_services(self) -> None:
+        g = self._groups["services"]
+        self._services_made = [
+            self.create_service(AskSpatialQuestion, "~/ask", self._srv_ask, callback_group=g),
+            self.create_service(GroundObjects, "~/ground", self._srv_ground, callback_group=g),
+            self.create_service(Trigger, "~/clear", self._srv_clear, callback_group=g),
+            self.create_service(ExportScene, "~/export_scene", self._srv_export, callback_group=g),
+        ]
+
+    def _limits(self) -> QueryLimits:
+        p = self.p
+        return QueryLimits(p.max_question_chars, p.default_max_new_tokens, p.max_new_tokens_limit,
+                           p.num_frames, p.align_to_walls)
+
+    # ---- intake ---------------------------------------------------------------------
+
+    def _reject(self, what: str, err: Exception | str) -> None:
+        n = self.health.count("rejected")
+        self.health.set("last_rejection", f"{what}: {err}")
+        self.get_logger().warning(f"rejected {what}: {err} ({n} so far)", throttle_duration_sec=WARN_THROTTLE_S)
+
+    def _on_frame(self, color: Image, depth: Image, info: CameraInfo) -> None:
+        self.health.count("synced")
+        if not self._active:
+            return
+        try:
+            frame = conversions.decode_rgbd(color, depth, info)
+        except Exception as err:  # noqa: BLE001 (never raise out of a callback)
+            self._reject("RGB-D frame", err)
+            return
+        frame.frame_id = frame.frame_id.lstrip("/")
+        with self._intake_lock:
+            if self._pending is None:
+                return
+            if len(self._pending) >= self.p.tf_pending_frames:
+                self._pending.popleft()
+                self._tf_failure("too many frames waiting for TF; dropped the oldest")
+            self._pending.append((frame, time.monotonic() + self.p.tf_timeout_s))
+            self._drain_pending()
+
+    def _retry_pending(self) -> None:
+        with self._intake_lock:
+            if self._pending:
+                self._drain_pending()
+
+    def _drain_pending(self) -> None:
+        """Integrate every waiting frame whose pose is known; drop those past their deadline."""
+        now, waiting = time.monotonic(), collections.deque()
+        while self._pending:
+            frame, deadline = self._pending.popleft()
+            try:
+                pose = self.tf.lookup(self.p.world_frame, frame.frame_id, frame.stamp)
+            except TfError as err:
+                if now < deadline:
+                    waiting.append((frame, deadline))
+                else:
+                    self._tf_failure(f"no pose for {frame.frame_id} at {frame.stamp:.3f}: {err}")
+                continue
+            except Exception as err:  # noqa: BLE001
+                self._tf_failure(f"pose lookup failed: {err}")
+                continue
+            self._integrate(frame, pose)
+        self._pending = waiting
+        self.health.set("tf_waiting", len(waiting))
+
+    def _tf_failure(self, why: str) -> None:
+        n = self.health.count("tf_failures")
+        self.health.set("last_tf_failure", why)
+        self.get_logger().warning(f"dropped a frame: {why} ({n} so far)", throttle_duration_sec=WARN_THROTTLE_S)
+
+    def _integrate(self, f: conversions.RgbdFrame, pose: np.ndarray) -> None:
+        from gs_reasoner_ros.scene_memory import Frame
+
+        p = self.p
+        if (self._last_image_stamp is not None and p.time_jump_reset_s > 0
+                and f.stamp < self._last_image_stamp - p.time_jump_reset_s):
+            self._reset_memory(f"image stamps jumped back {self._last_image_stamp - f.stamp:.1f} s")
+        self._last_image_stamp = f.stamp
+        try:
+            frame = Frame(rgb=f.rgb, depth=f.depth, K=f.k, pose=pose, stamp=f.stamp)
+            self.voxel_map.integrate_frame(frame, stride=p.map_stride)
+            self.keyframes.offer(frame)
+        except Exception as err:  # noqa: BLE001
+            self._reject("frame integration", err)
+            return
+        self._map_version += 1
+        self._newest_integrated = max(self._newest_integrated, f.stamp)
+        self.health.count("integrated")
+
+    def _reset_memory(self, why: str) -> None:
+        self.get_logger().warning(f"{why}: clearing the map, keyframes and TF history (time_jump_reset_s)")
+        self.health.count("time_jump_resets")
+        self.voxel_map.clear()
+        self.keyframes.clear()
+        self._map_version += 1
+        self._newest_integrated = 0.0
+
+    def _on_tf(self, msg: TFMessage, static: bool = False) -> None:
+        tf, p = self.tf, self.p
+        if tf is None:
+            return
+        for ts in msg.transforms:
+            try:
+                stamp = conversions.stamp_to_sec(ts.header.stamp)
+                if not static and p.time_jump_reset_s > 0:
+                    if self._newest_tf_stamp is not None and stamp < self._newest_tf_stamp - p.time_jump_reset_s:
+                        self.get_logger().warning("TF stamps jumped back: clearing the TF history")
+                        tf.clear()
+                        self._newest_tf_stamp = None
+                    self._newest_tf_stamp = max(stamp, self._newest_tf_stamp or stamp)
+                t, r = ts.transform.translation, ts.transform.rotation
+                tf.set_transform(ts.header.frame_id.lstrip("/"), ts.child_frame_id.lstrip("/"), stamp,
+                                 (t.x, t.y, t.z), (r.x, r.y, r.z, r.w), static=static)
+            except Exception as err:  # noqa: BLE001
+                n = self.health.count("tf_invalid")
+                self.get_logger().warning(f"ignored a transform {ts.header.frame_id!r} -> {ts.child_frame_id!r}: "
+                                          f"{err} ({n} so far)", throttle_duration_sec=WARN_THROTTLE_S)
+        self.health.count("tf")
+
+    # ---- outputs --------------------------------------------------------------------
+
+    def _publish_map(self) -> None:
+        try:
+            if self.voxel_map is None or self._map_version == self._published_version:
+                return
+            version = self._map_version
+            pts, cols = self.voxel_map.snapshot()
+            stamp = self._newest_integrated or self.get_clock().now().nanoseconds * 1e-9
+            self._pubs["map"].publish(conversions.cloud_msg(pts, cols, stamp, self.p.world_frame))
+            self._published_version = version
+        except Exception as err:  # noqa: BLE001
+            self.get_logger().error(f"map publishing failed: {err}", throttle_duration_sec=WARN_THROTTLE_S)
+
+    def _publish_diagnostics(self) -> None:
+        try:
+            if self.keyframes is not None:
+                self.health.set("keyframes", len(self.keyframes))
+                self.health.set("map_points", len(self.voxel_map))
+            self.health.set("query_running", bool(self.worker and self.worker.busy))
+            arr = diagnostic_array(self.get_name(), self.get_clock().now().to_msg(), self.health.snapshot(),
+                                   self._active)
+            self._pubs["diagnostics"].publish(arr)
+        except Exception as err:  # noqa: BLE001
+            self.get_logger().error(f"diagnostics failed: {err}", throttle_duration_sec=WARN_THROTTLE_S)
+
+    def _publish_markers(self, outcome: QueryOutcome) -> None:
+        stamp = outcome.stamp if outcome.stamp is not None else self.get_clock().now().nanoseconds * 1e-9
+        self._pubs["markers"].publish(markers.box_markers(outcome.objects, self.p.world_frame, stamp))
+
+    # ---- services -------------------------------------------------------------------
+
+    def _query(self, prepare, *args) -> QueryOutcome:
+        """Validate in the service thread, run the model on the worker, publish markers."""
+        engine, worker = self.engine, self.worker
+        if engine is None or worker is None:
+            return QueryOutcome(False, f"the node is {self.state}, not configured")
+        engine.limits = self._limits()
+        request = prepare(engine, *args)
+        if isinstance(request, QueryOutcome):
+            outcome = request
+        else:
+            try:
+                outcome = worker.run(engine.run, request)
+            except Refused as err:
+                self.health.count("queries_refused")
+                outcome = QueryOutcome(False, str(err))
+            except Exception as err:  # noqa: BLE001
+                outcome = QueryOutcome(False, f"internal error: {type(err).__name__}: {err}")
+        self.health.count("queries_served" if outcome.success else "queries_failed")
+        if outcome.success:
+            self.health.set("last_query_latency_s", round(outcome.latency_s, 3))
+            try:
+                self._publish_markers(outcome)
+            except Exception as err:  # noqa: BLE001
+                self.get_logger().error(f"markers failed: {err}")
+        else:
+            self.get_logger().warning(f"query failed: {outcome.message}", throttle_duration_sec=1.0)
+        return outcome
+
+    def _fill(self, resp, outcome: QueryOutcome):
+        resp.success, resp.message = outcome.success, outcome.message
+        resp.objects = [conversions.grounded_object_msg(o) for o in outcome.objects]
+        stamp = outcome.stamp if outcome.stamp is not None else self.get_clock().now().nanoseconds * 1e-9
+        resp.header = conversions.header(self.p.world_frame, stamp)
+        resp.keyframes_used, resp.latency_s = int(outcome.keyframes_used), float(outcome.latency_s)
+        return resp
+
+    def _srv_ask(self, req, resp):
+        outcome = self._query(lambda e: e.prepare_ask(req.question, list(req.options), req.direct,
+                                                      req.max_new_tokens))
+        resp.answer, resp.reasoning = outcome.answer, outcome.reasoning
+        return self._fill(resp, outcome)
+
+    def _srv_ground(self, req, resp):
+        outcome = self._query(lambda e: e.prepare_ground(req.description, req.max_new_tokens))
+        return self._fill(resp, outcome)
+
+    def _srv_clear(self, req, resp):
+        if self.keyframes is None:
+            resp.success, resp.message = False, f"the node is {self.state}, not configured"
+            return resp
+        with self._intake_lock:
+            n_kf, n_pts = len(self.keyframes), len(self.voxel_map)
+            self.keyframes.clear()
+            self.voxel_map.clear()
+            if self._pending is not None:
+                self._pending.clear()
+            self._map_version += 1
+            self._newest_integrated = 0.0
+        self._publish_markers(QueryOutcome(True))
+        resp.success, resp.message = True, f"cleared {n_kf} keyframes and {n_pts} map points"
+        return resp
+
+    def _srv_export(self, req, resp):
+        resp.success, resp.path = False, ""
+        if self.keyframes is None:
+            resp.message = f"the node is {self.state}, not configured"
+            return resp
+        try:
+            path = export_scene(self.keyframes, self.p.export_root, req.name, self.engine.alignment())
+            resp.success, resp.message, resp.path = True, "", str(path)
+        except Exception as err:  # noqa: BLE001 (a refused name or a disk error is the caller's answer)
+            resp.message = str(err)
+        return resp
+
+
+# ---- process entry ---------------------------------------------------------------------
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run(argv=None, reasoner_factory=None) -> int:
+    """Run the node until SIGINT/SIGTERM; returns the exit status."""
+    argv = sys.argv if argv is None else argv
+    dds.use_bundled_fastdds_profile()
+    # rclpy handles SIGINT only: its SIGTERM handling is racy (hangs, RCLError); ours raises
+    # KeyboardInterrupt in the main thread, which the bounded spin loop below turns into an exit.
+    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.SIGINT)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    node, executor, status = None, None, 0
+    try:
+        node = ReasonerNode(reasoner_factory=reasoner_factory)
+        if node.p.autostart and node.state != "active":
+            node.get_logger().error("autostart failed (see above); exiting")
+            return 1
+        executor = MultiThreadedExecutor(num_threads=node.executor_threads())
+        executor.add_node(node)
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=0.2)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ValueError, ParameterException) as err:  # bad parameters from the command line or a file
+        print(f"reasoner_node: bad parameter: {err}", file=sys.stderr)
+        status = 2
+    finally:
+        idle = node.stop() if node is not None else True
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+        if not idle:
+            # A model call is still running on the worker thread; interpreter teardown under a
+            # running torch kernel can hang or crash, so leave now (everything ROS is closed).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+    return status
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

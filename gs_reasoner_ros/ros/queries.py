@@ -1,0 +1,219 @@
+"""What the node's services do, without ROS: validate a request, align the remembered scene,
+ask the model, and put its boxes back into the world frame; export keyframes safely.
+
+The node only converts requests and results to and from messages. Nothing here raises for a
+bad request: every outcome is a QueryOutcome with success and a message saying why.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gs_reasoner_ros import geometry
+
+log = logging.getLogger(__name__)
+
+UNTRAINED_NOTE = ("WARNING: the model weights are untrained (no checkpoint was given), so answers and "
+                  "boxes are meaningless; set the checkpoint parameter to a GS-Reasoner folder")
+MIN_ALIGNMENT_POINTS = 500  # fewer map points than this say nothing about walls
+MAX_OPTIONS = 26  # A-Z
+EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass
+class WorldObject:
+    """A grounded object as an oriented box in the world frame."""
+
+    label: str
+    center: np.ndarray  # (3,)
+    quat: np.ndarray  # (4,) xyzw
+    size: np.ndarray  # (3,) full extents along the box axes
+    confidence: float
+
+
+@dataclass
+class QueryOutcome:
+    success: bool
+    message: str = ""
+    answer: str = ""
+    reasoning: str = ""
+    objects: list[WorldObject] = field(default_factory=list)
+    stamp: float | None = None  # newest keyframe used
+    keyframes_used: int = 0
+    latency_s: float = 0.0
+
+
+@dataclass
+class QueryLimits:
+    """The request limits (parameters of the same names)."""
+
+    max_question_chars: int = 2000
+    default_max_new_tokens: int = 0  # 0: the model's per-task default
+    max_new_tokens_limit: int = 2048
+    num_frames: int = 32
+    align_to_walls: bool = True
+
+
+def clean_text(text: str, limit: int, what: str) -> str:
+    """Strip, drop control characters other than newline/tab, enforce the length limit.
+    (Special-token neutralisation is the prompt builder's job, on the exact ids.)"""
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be text")
+    if len(text) > limit:
+        raise ValueError(f"{what} has {len(text)} characters; the limit is {limit} (max_question_chars)")
+    text = "".join(c for c in text if c in "\n\t" or unicodedata.category(c)[0] != "C").strip()
+    if not text:
+        raise ValueError(f"{what} is empty")
+    return text
+
+
+def token_budget(requested: int, limits: QueryLimits) -> tuple[int | None, str]:
+    """(budget, note): 0 asks for the default (None: the model's per-task one); more than
+    the limit is clamped, with a note."""
+    if requested <= 0:
+        return min(limits.default_max_new_tokens, limits.max_new_tokens_limit) or None, ""
+    if requested > limits.max_new_tokens_limit:
+        return limits.max_new_tokens_limit, (f"max_new_tokens {requested} clamped to "
+                                             f"{limits.max_new_tokens_limit} (max_new_tokens_limit)")
+    return int(requested), ""
+
+
+@dataclass
+class QueryRequest:
+    """A validated request, ready for the model."""
+
+    text: str
+    options: list[str]
+    task: str  # "spatial" (grounded chain of thought), "qa" (direct) or "ground"
+    max_new_tokens: int = 0
+
+
+class QueryEngine:
+    """Answers ~/ask and ~/ground over a keyframe store and a voxel map with a reasoner.
+    prepare_* validate (cheap, any thread); run() calls the model (the worker thread)."""
+
+    def __init__(self, reasoner, keyframes, voxel_map, limits: QueryLimits):
+        self.reasoner, self.keyframes, self.voxel_map, self.limits = reasoner, keyframes, voxel_map, limits
+
+    def prepare_ask(self, question: str, options=(), direct: bool = False,
+                    max_new_tokens: int = 0) -> QueryRequest | QueryOutcome:
+        try:
+            q = clean_text(question, self.limits.max_question_chars, "question")
+            if len(options) > MAX_OPTIONS:
+                raise ValueError(f"{len(options)} options; at most {MAX_OPTIONS} are accepted")
+            opts = [clean_text(o, self.limits.max_question_chars, f"option {i + 1}") for i, o in enumerate(options)]
+            total = len(q) + sum(map(len, opts))
+            if total > self.limits.max_question_chars:
+                raise ValueError(f"question and options have {total} characters; the limit is "
+                                 f"{self.limits.max_question_chars} (max_question_chars)")
+            if direct and opts:
+                raise ValueError("multiple-choice options need the chain-of-thought prompt: set direct=false")
+        except ValueError as err:
+            return QueryOutcome(False, str(err))
+        return QueryRequest(q, opts, "qa" if direct else "spatial", int(max_new_tokens))
+
+    def prepare_ground(self, description: str, max_new_tokens: int = 0) -> QueryRequest | QueryOutcome:
+        try:
+            d = clean_text(description, self.limits.max_question_chars, "description")
+        except ValueError as err:
+            return QueryOutcome(False, str(err))
+        return QueryRequest(d, [], "ground", int(max_new_tokens))
+
+    def ask(self, question: str, options=(), direct: bool = False, max_new_tokens: int = 0) -> QueryOutcome:
+        req = self.prepare_ask(question, options, direct, max_new_tokens)
+        return req if isinstance(req, QueryOutcome) else self.run(req)
+
+    def ground(self, description: str, max_new_tokens: int = 0) -> QueryOutcome:
+        req = self.prepare_ground(description, max_new_tokens)
+        return req if isinstance(req, QueryOutcome) else self.run(req)
+
+    def alignment(self) -> np.ndarray:
+        """World -> model frame for the current map (identity when disabled or too few points)."""
+        if not self.limits.align_to_walls:
+            return np.eye(4)
+        points = self.voxel_map.points()
+        if len(points) < MIN_ALIGNMENT_POINTS:
+            return np.eye(4)
+        # Plane normals need several voxels per cell: widen the 10 cm cells on coarse maps.
+        cell = max(0.1, 4.0 * float(getattr(self.voxel_map, "voxel_size", 0.0)))
+        return geometry.estimate_alignment(points, cell=cell)
+
+    def run(self, req: QueryRequest) -> QueryOutcome:
+        """Align the scene, ask the model, put its boxes into the world frame."""
+        t0 = time.monotonic()
+        budget, note = token_budget(req.max_new_tokens, self.limits)
+        notes = [note] if note else []
+        if getattr(self.reasoner, "untrained", False):
+            notes.append(UNTRAINED_NOTE)
+        if len(self.keyframes) == 0:
+            return QueryOutcome(False, "; ".join(["no keyframes yet: the node has not received any posed "
+                                                  "RGB-D frame (check the camera topics and TF)"] + notes))
+        try:
+            A = self.alignment()
+            scene = self.keyframes.to_scene(self.limits.num_frames, A)
+            result = self.reasoner.answer(scene, req.text, options=tuple(req.options), task=req.task,
+                                          max_new_tokens=budget)
+            objects = [self._to_world(b, A) for b in result.objects]
+        except Exception as err:  # noqa: BLE001 (any model failure becomes a failed response)
+            log.exception("query failed")
+            _release_accelerator_memory(err)
+            return QueryOutcome(False, "; ".join([f"model failed: {type(err).__name__}: {err}"] + notes),
+                                latency_s=time.monotonic() - t0)
+        if getattr(result, "untrained", False) and UNTRAINED_NOTE not in notes:
+            notes.append(UNTRAINED_NOTE)
+        stamps = getattr(scene, "stamps", None)
+        stamp = float(np.max(stamps)) if stamps is not None and len(stamps) else self.keyframes.newest_stamp
+        return QueryOutcome(True, "; ".join(notes), result.answer, result.text, objects, stamp,
+                            int(result.keyframes_used or len(scene)), time.monotonic() - t0)
+
+    @staticmethod
+    def _to_world(box, A: np.ndarray) -> WorldObject:
+        center, quat, size = geometry.aligned_box_to_world(box.box_min, box.box_max, A)
+        return WorldObject(str(box.label), center, quat, size, float(box.confidence))
+
+
+def _release_accelerator_memory(err: Exception) -> None:
+    """After CUDA out-of-memory, hand cached blocks back so the next query can run."""
+    torch = sys.modules.get("torch")  # only a model that imported torch can have filled its cache
+    if torch is None or "out of memory" not in str(err).lower():
+        return
+    try:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 (best effort)
+        pass
+
+
+def export_target(export_root: str | os.PathLike, name: str) -> Path:
+    """The folder export_root/name for ~/export_scene, or ValueError when the name is not a
+    plain new folder name inside export_root (slashes, '..', absolute paths, symlinks out)."""
+    if not isinstance(name, str) or not EXPORT_NAME.match(name) or name in (".", ".."):
+        raise ValueError(f"export name {name!r} must be a plain folder name: letters, digits, '.', '_', '-', "
+                         "starting with a letter or digit, at most 128 characters")
+    root = Path(export_root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    root_real = root.resolve(strict=True)
+    target = root_real / name
+    if os.path.lexists(target):
+        raise ValueError(f"{target} already exists; choose another name")
+    if target.resolve().parent != root_real:
+        raise ValueError(f"{name!r} resolves outside export_root {root_real}")
+    return target
+
+
+def export_scene(keyframes, export_root, name: str, axis_align: np.ndarray | None = None) -> Path:
+    """Write every keyframe under export_root/name in the processed-data layout."""
+    if len(keyframes) == 0:
+        raise ValueError("no keyframes to export yet")
+    target = export_target(export_root, name)
+    target.mkdir()  # claims the name now (fails if it appeared meanwhile), before any slow work
+    scene = keyframes.to_scene(len(keyframes), np.eye(4) if axis_align is None else axis_align)
+    return scene.save_processed(target)
