@@ -141,12 +141,14 @@ class Reasoner:
     @classmethod
     def load(cls, checkpoint: str | None = None, *, device: str = "cpu", dtype: str = "float32",
              deterministic: bool = True, vision_tower: str | None = None, num_frames: int = 32,
-             seed: int = 0, **limits) -> "Reasoner":
+             seed: int = 0, max_question_chars: int = MAX_QUESTION_CHARS,
+             max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP) -> "Reasoner":
         """Load a checkpoint folder (official GS-Reasoner layout), or a tiny untrained model if None.
 
         deterministic=True fixes the point chosen per voxel and the serialization order (the node's
-        default); False reproduces the authors' random choices from `seed`. `limits` are
-        max_question_chars / max_new_tokens_cap.
+        default); False reproduces the authors' random choices from `seed` (which also seeds the
+        tiny model's weights). Queries longer than max_question_chars (question + options) or
+        asking more than max_new_tokens_cap tokens are refused with ValueError.
         """
         import torch
 
@@ -176,7 +178,8 @@ class Reasoner:
                 raise
             tokenizer = build_tiny_tokenizer()
         return cls(model, tokenizer, deterministic=deterministic, num_frames=num_frames, seed=seed,
-                   untrained=untrained, checkpoint=None if untrained else path, **limits)
+                   untrained=untrained, checkpoint=None if untrained else path,
+                   max_question_chars=max_question_chars, max_new_tokens_cap=max_new_tokens_cap)
 
     # ---- queries ------------------------------------------------------------------
 
