@@ -89,7 +89,7 @@ def diagnostic_array(node_name: str, stamp, snap: dict, active: bool) -> Diagnos
     tf = {k: g(k, 0) for k in ("tf_hz", "tf_failures_total", "tf_waiting", "tf_invalid_total")}
     tf["last_tf_failure"] = g("last_tf_failure", "")
     tf_level = WARN if g("tf_failures_hz", 0) > 0 else OK
-    tf_msg = f"dropping frames without a pose: {g('last_tf_failure', '')}" if tf_level else "poses found"
+    tf_msg = f"dropping frames without a pose: {g('last_tf_failure', '')}" if tf_level == WARN else "poses found"
     mapping = {k: g(k, 0) for k in ("keyframes", "map_points", "integrated_total", "time_jump_resets_total")}
     model = {k: g(k, "") for k in ("model_loaded", "untrained", "checkpoint", "device")}
     model.update({k: g(k, 0) for k in ("queries_served_total", "queries_failed_total", "queries_refused_total",
