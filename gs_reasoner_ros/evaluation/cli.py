@@ -1,0 +1,66 @@
+"""`gs-reasoner eval`: run a checkpoint over a benchmark file and print the authors' metrics.
+
+    gs-reasoner eval --task scanrefer --checkpoint DIR --data scanrefer_val_llava_style.json \\
+        --data-root processed_data [--limit N] [--json] [--predictions OUT.jsonl]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gs_reasoner_ros.evaluation.runners import TASKS
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--checkpoint", help="model folder (release layout); omitted = tiny untrained model")
+    p.add_argument("--data", required=True, help="benchmark file: JSON list or JSON Lines")
+    p.add_argument("--data-root", help="folder of the processed-data scenes (default: the data file's folder)")
+    p.add_argument("--limit", type=int, help="only the first N samples")
+    p.add_argument("--frames", type=int, default=32, help="frames per scene (authors: 32)")
+    p.add_argument("--max-new-tokens", type=int, help="generation budget (default: the Reasoner's per task)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--vision-tower", help="SigLIP folder when the checkpoint lacks the vision weights")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
+    p.add_argument("--predictions", help="write every prediction as JSON Lines to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from gs_reasoner_ros.evaluation.runners import ReasonerAnswerer, evaluate, format_table, load_eval_file
+    from gs_reasoner_ros.reasoner import Reasoner
+
+    try:
+        if args.limit is not None and args.limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {args.limit}")
+        if args.frames < 1:
+            raise ValueError(f"--frames must be at least 1, got {args.frames}")
+        samples = load_eval_file(args.data)
+        if args.limit:
+            samples = samples[: args.limit]
+        data_root = Path(args.data_root) if args.data_root else Path(args.data).parent
+        if not data_root.is_dir():
+            raise ValueError(f"data root {data_root} does not exist")
+        reasoner = Reasoner.load(args.checkpoint, device=args.device, dtype=args.dtype, vision_tower=args.vision_tower,
+                                 num_frames=args.frames, seed=args.seed)
+        answerer = ReasonerAnswerer(reasoner, data_root, num_frames=args.frames, max_new_tokens=args.max_new_tokens)
+        progress = None
+        if not args.no_progress:
+            from tqdm import tqdm
+
+            def progress(items):
+                return tqdm(items, desc=args.task, unit="q", file=sys.stderr)
+        report = evaluate(args.task, samples, answerer, progress=progress)
+    except (ValueError, KeyError) as err:
+        print(f"gs-reasoner eval: {err}", file=sys.stderr)
+        return 2
+    if args.predictions:
+        with open(args.predictions, "w", encoding="utf-8") as f:
+            for p in report.predictions:
+                f.write(json.dumps(p, default=float) + "\n")
+    print(json.dumps(report.to_json(), indent=1) if args.json else format_table(report))
+    return 0
