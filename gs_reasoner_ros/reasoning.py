@@ -191,10 +191,11 @@ def prompt_ids(tokenizer, question: str, options: Sequence[str] = (), task: str 
 # ---- parsing ------------------------------------------------------------------------
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf(?:inity)?)", re.IGNORECASE)
-# "name count" right before a run of boxes: up to 4 words of letters (no punctuation in between),
-# then the integer count; both optional so "<bbox>" runs without them still parse.
-_NAME_COUNT = re.compile(r"(?P<name>(?:[^\W\d][\w'\-]*[ \t]+){0,3}[^\W\d][\w'\-]*)?[ \t]*(?P<count>\d+)?[ \t]*$")
 MAX_NAME_WORDS = 4
+# "name count" right before a run of boxes: up to MAX_NAME_WORDS words of letters (no punctuation
+# in between), then the integer count; both optional so "<bbox>" runs without them still parse.
+_NAME_COUNT = re.compile(r"(?P<name>(?:[^\W\d][\w'\-]*[ \t]+){0,%d}[^\W\d][\w'\-]*)?[ \t]*(?P<count>\d+)?[ \t]*$"
+                         % (MAX_NAME_WORDS - 1))
 
 
 def _section(text: str, open_tag: str, close_tag: str, last: bool) -> str | None:
@@ -244,29 +245,33 @@ def _parse_box(body: str) -> tuple[np.ndarray, np.ndarray] | None:
     return np.minimum(a, b), np.maximum(a, b)
 
 
+_BOX_TAG = re.compile(r"</?bbox>")
+_NAME_WINDOW = 200  # characters before a group searched for "name count" (4 words and a number)
+
+
 def _box_runs(text: str) -> list[list[tuple[int, int, str]]]:
-    """Complete "<bbox>body</bbox>" spans grouped into runs separated only by whitespace."""
+    """Complete "<bbox>body</bbox>" spans grouped into runs separated only by whitespace.
+
+    One pass over the tags: a "<bbox>" not closed before the next "<bbox>" (or the end) is
+    a truncated box and is dropped.
+    """
     runs: list[list[tuple[int, int, str]]] = []
-    pos = 0
-    prev_end = -1
-    while True:
-        start = text.find("<bbox>", pos)
-        if start < 0:
-            break
-        body_start = start + len("<bbox>")
-        end = text.find("</bbox>", body_start)
-        nxt = text.find("<bbox>", body_start)
-        if end < 0 or (0 <= nxt < end):
-            pos = body_start  # truncated or unclosed box: drop it
-            prev_end = -1
+    open_at = -1
+    prev_end = -1  # end of the last complete box, -1 after a dropped one
+    for m in _BOX_TAG.finditer(text):
+        if m.group() == "<bbox>":
+            if open_at >= 0:
+                prev_end = -1  # the previous box never closed
+            open_at = m.start()
             continue
-        end += len("</bbox>")
-        box = (start, end, text[body_start:end - len("</bbox>")])
-        if runs and prev_end >= 0 and not text[prev_end:start].strip():
+        if open_at < 0:
+            continue  # a stray </bbox>
+        box = (open_at, m.end(), text[open_at + len("<bbox>"):m.start()])
+        if runs and prev_end >= 0 and not text[prev_end:open_at].strip():
             runs[-1].append(box)
         else:
             runs.append([box])
-        prev_end = pos = end
+        prev_end, open_at = m.end(), -1
     return runs
 
 
@@ -276,17 +281,23 @@ def parse_boxes(text: str) -> list[GroundedBox]:
     Tolerates multi-word names (up to 4 words, no punctuation), several groups joined by ", ",
     counts that disagree with the boxes (the boxes win), swapped corners (ordered), and drops
     partial (truncated), non-numeric and non-finite boxes; "<bbox></bbox>" yields no box.
+    Linear in the length of the text.
     """
     objects: list[GroundedBox] = []
+    prev_end = 0
     for run in _box_runs(text):
-        line_start = max(text.rfind("\n", 0, run[0][0]) + 1, 0)
-        m = _NAME_COUNT.search(text[line_start:run[0][0]])
+        start = run[0][0]
+        # The name sits on the same line, after the previous group, within a few words.
+        window_start = max(text.rfind("\n", max(prev_end, start - _NAME_WINDOW), start) + 1,
+                           prev_end, start - _NAME_WINDOW)
+        m = _NAME_COUNT.search(text, window_start, start)
         name = (m.group("name") or "").strip() if m else ""
         count = int(m.group("count")) if m and m.group("count") and len(m.group("count")) < 7 else None
-        for start, end, body in run:
+        for box_start, box_end, body in run:
             corners = _parse_box(body)
             if corners is not None:
-                objects.append(GroundedBox(name, corners[0], corners[1], span=(start, end), count=count))
+                objects.append(GroundedBox(name, corners[0], corners[1], span=(box_start, box_end), count=count))
+        prev_end = run[-1][1]
     return objects
 
 

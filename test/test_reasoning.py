@@ -160,6 +160,14 @@ def test_parse_name_stops_at_punctuation_and_word_limit():
     assert boxes("x.\n<bbox>(0, 0, 0, 1, 1, 1)</bbox>")[0][0] == ""
 
 
+def test_parse_many_groups_on_one_line():
+    text = ", ".join(f"obj{i % 7} x {i} <bbox>({i}, 0, 0, {i + 1}, 1, 1)</bbox>" for i in range(2000))
+    objects = parse_boxes(text + ", tail 1 <bbox>(0, 0")
+    assert len(objects) == 2000
+    assert [(o.label, o.count) for o in objects[:3]] == [("obj0 x", 0), ("obj1 x", 1), ("obj2 x", 2)]
+    assert objects[-1].label == "obj4 x" and objects[-1].box_min[0] == 1999
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "<bbox>", "</bbox>", "(", ")",
                                  ", ", "1.5", "-2", "nan", "inf", "sofa", " ", "2", "\n", "é", "e9", "."]) |
