@@ -1,0 +1,99 @@
+"""Frame preprocessing: crop geometry, unprojection, RGB normalisation (gs_reasoner_model.md §2.1, §2.2)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gs_reasoner_ros.model.preprocess import (crop_box, normalize_rgb, preprocess_frames, resized_size,
+                                              world_coordinate_map)
+from gs_reasoner_ros.scene import Scene, load_3dmatch
+
+K = np.array([[500.0, 0.0, 319.5], [0.0, 510.0, 241.0], [0.0, 0.0, 1.0]])
+
+
+def _rotation(yaw: float, pitch: float) -> np.ndarray:
+    cz, sz, cx, sx = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch)
+    return np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]) @ np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+
+
+def _pose(yaw, pitch, t) -> np.ndarray:
+    pose = np.eye(4)
+    pose[:3, :3], pose[:3, 3] = _rotation(yaw, pitch), t
+    return pose
+
+
+def test_resize_and_crop_geometry_480x640():
+    assert resized_size(480, 640) == (384, 512)
+    assert crop_box(384, 512) == (0, 64)  # columns 64..447 are kept
+    assert resized_size(640, 480) == (512, 384) and crop_box(512, 384) == (64, 0)
+
+
+def test_point_map_is_nearest_resized_then_centre_cropped():
+    # Identity pose and a constant depth: x of the world point names the source column.
+    depth = np.full((1, 480, 640), 2.0, np.float32)
+    rgb = np.zeros((1, 480, 640, 3), np.uint8)
+    scene = Scene(rgb, depth, K, np.eye(4)[None])
+    _, coords = preprocess_frames(scene, [0])
+    assert coords.shape == (1, 384, 384, 3)
+    for row, col in [(0, 0), (0, 383), (200, 100), (383, 191)]:
+        src_col = int((col + 64) * 1.25)  # nearest: source index floor(dst * 640/512)
+        src_row = int(row * 1.25)
+        np.testing.assert_allclose(coords[0, row, col, 0], (src_col - 319.5) * 2.0 / 500.0, rtol=1e-6)
+        np.testing.assert_allclose(coords[0, row, col, 1], (src_row - 241.0) * 2.0 / 510.0, rtol=1e-6)
+
+
+def test_unprojection_matches_a_hand_computation():
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(0.5, 4.0, (48, 64)).astype(np.float32)
+    depth[3, 7] = 0.0  # no measurement: the authors unproject it to the camera centre
+    depth[9, 2] = np.nan
+    pose = _pose(0.7, -0.3, [1.0, -2.0, 0.5])
+    align = _pose(np.pi / 2, 0.0, [0.2, 0.0, -1.0])
+    points = world_coordinate_map(depth, K, align @ pose)
+    assert points.shape == (48, 64, 3) and points.dtype == np.float32
+    for v, u in [(0, 0), (47, 63), (20, 31), (3, 7), (9, 2)]:
+        z = 0.0 if np.isnan(depth[v, u]) else float(depth[v, u])
+        camera = np.array([(u - 319.5) * z / 500.0, (v - 241.0) * z / 510.0, z, 1.0])
+        expected = (align @ pose @ camera)[:3]
+        np.testing.assert_allclose(points[v, u], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(points[3, 7], (align @ pose)[:3, 3], atol=1e-6)
+
+
+def test_rgb_normalisation_values():
+    pixels = np.array([[[0, 128, 255]]], np.uint8)
+    np.testing.assert_allclose(normalize_rgb(pixels)[:, 0, 0], [-1.0, 128 / 255 * 2 - 1, 1.0], atol=1e-7)
+
+
+def test_frames_match_pillow_default_resize_of_a_larger_colour_image():
+    # Colour at twice the depth resolution: it is resized straight to the depth-derived 384x512.
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (1, 960, 1280, 3), dtype=np.uint8)
+    scene = Scene(rgb, np.ones((1, 480, 640), np.float32), K, np.eye(4)[None])
+    pixels, coords = preprocess_frames(scene, [0])
+    reference = np.asarray(Image.fromarray(rgb[0]).resize((512, 384)))[:, 64:448]  # Pillow's default filter
+    assert pixels.shape == (1, 3, 384, 384) and pixels.dtype == np.float32
+    np.testing.assert_allclose(pixels[0], (reference.transpose(2, 0, 1) / 255.0 - 0.5) / 0.5, atol=1e-6)
+
+
+def test_real_frames(rgbd_3dmatch):
+    scene = load_3dmatch(rgbd_3dmatch)
+    pixels, coords = preprocess_frames(scene, [0, len(scene) - 1])
+    assert pixels.shape == (2, 3, 384, 384) and coords.shape == (2, 384, 384, 3)
+    assert -1.0 <= pixels.min() and pixels.max() <= 1.0
+    # Valid depth pixels are in front of the camera: distance to its centre is the depth scale.
+    centre = scene.poses[0][:3, 3]
+    distance = np.linalg.norm(coords[0] - centre, axis=-1)
+    assert np.median(distance) > 0.3 and distance.max() < 20
+
+
+@pytest.mark.parametrize("indices, message", [([], "empty"), ([5], "out of range"), ([-3], "out of range")])
+def test_bad_frame_indices(indices, message):
+    scene = Scene(np.zeros((2, 48, 64, 3), np.uint8), np.ones((2, 48, 64), np.float32), K, np.stack([np.eye(4)] * 2))
+    with pytest.raises(ValueError, match=message):
+        preprocess_frames(scene, indices)
+
+
+def test_not_a_scene():
+    with pytest.raises(ValueError, match="Scene"):
+        preprocess_frames({"rgb": None}, [0])
