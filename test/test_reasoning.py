@@ -203,3 +203,16 @@ def test_token_spans_and_box_confidence(tok):
     assert objects[0].confidence == pytest.approx(probs[hit].mean())
     with pytest.raises(ValueError, match="probabilities"):
         assign_confidences(objects, spans, probs[:-1])
+
+
+def test_token_spans_on_undecodable_bytes(tok):
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    lead = tok.convert_tokens_to_ids(bytes_to_unicode()[0xE6])  # a 3-byte lead byte that never completes
+    ids = [lead] * 20 + tok("sofa 1 <bbox>(0, 0, 0, 1, 1, 1)</bbox>").input_ids
+    text, spans = token_spans(tok, ids)
+    assert text == tok.decode(ids, skip_special_tokens=True)
+    assert len(spans) == len(ids) and all(0 <= s <= e <= len(text) for s, e in spans)
+    objects = parse_boxes(text)
+    assign_confidences(objects, spans, np.full(len(ids), 0.5))
+    assert len(objects) == 1 and objects[0].confidence == pytest.approx(0.5)
