@@ -1,0 +1,339 @@
+"""Geometry without ROS: depth unprojection, rigid transforms and quaternions, boxes, IoU,
+and the gravity/wall alignment that puts a robot's map into the frame GS-Reasoner was trained in.
+
+Conventions: float64 numpy arrays; quaternions are (x, y, z, w) like geometry_msgs; camera points
+use OpenCV optical axes (x right, y down, z forward); transforms are 4x4 homogeneous matrices.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+# ---- validation helpers --------------------------------------------------------------
+
+def _array(x, name: str, shape: tuple | None = None, finite: bool = True) -> np.ndarray:
+    """`x` as float64, with a ValueError naming `name` when the shape or values are wrong.
+    `shape` may contain -1 for any length and a leading Ellipsis for any batch dims."""
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be numeric, got {type(x).__name__}: {err}") from None
+    if shape is not None and not _shape_matches(a.shape, shape):
+        raise ValueError(f"{name} must have shape {_shape_text(shape)}, got {a.shape}")
+    if finite and not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return a
+
+
+def _shape_matches(actual: tuple, wanted: tuple) -> bool:
+    if wanted and wanted[0] is Ellipsis:
+        tail = wanted[1:]
+        return len(actual) >= len(tail) and _shape_matches(actual[len(actual) - len(tail):], tail)
+    return len(actual) == len(wanted) and all(w == -1 or a == w for a, w in zip(actual, wanted))
+
+
+def _shape_text(shape: tuple) -> str:
+    return "(" + ",".join("..." if s is Ellipsis else "N" if s == -1 else str(s) for s in shape) + ")"
+
+
+def check_intrinsics(K) -> np.ndarray:
+    """K as a float64 (3,3) pinhole matrix; ValueError unless fx, fy > 0 and all entries finite."""
+    K = _array(K, "K", (3, 3))
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise ValueError(f"K must have positive focal lengths, got fx={K[0, 0]}, fy={K[1, 1]}")
+    return K
+
+
+def check_transform(T, name: str = "T", tol: float = 1e-4) -> np.ndarray:
+    """T as a float64 (4,4) rigid transform; ValueError if it is not finite or not rigid."""
+    T = _array(T, name, (4, 4))
+    if not is_rigid(T, tol):
+        raise ValueError(f"{name} is not a rigid transform (rotation must be orthonormal with det +1, "
+                         f"last row 0 0 0 1)")
+    return T
+
+
+# ---- points and transforms ---------------------------------------------------------
+
+def unproject_depth(depth, K, stride: int = 1) -> np.ndarray:
+    """Camera-frame points (H',W',3) of a depth image in metres, sampled every `stride` pixels.
+
+    Pixel (v=row, u=col) of the strided grid is pixel (v*stride, u*stride) of the image, taken
+    at its integer coordinate (the convention of the scene files and GS-Reasoner's unproject).
+    Depth 0, negative or non-finite gives NaN points."""
+    d = np.asarray(depth)
+    if d.ndim != 2 or d.size == 0:
+        raise ValueError(f"depth must be a non-empty (H,W) image, got shape {d.shape}")
+    if not np.issubdtype(d.dtype, np.floating):
+        raise ValueError(f"depth must be float metres, got {d.dtype} (convert 16UC1 millimetres first)")
+    K = check_intrinsics(K)
+    if int(stride) != stride or stride < 1:
+        raise ValueError(f"stride must be a positive integer, got {stride}")
+    stride = int(stride)
+    z = d[::stride, ::stride].astype(np.float64)
+    z = np.where(np.isfinite(z) & (z > 0), z, np.nan)
+    u = np.arange(0, d.shape[1], stride, dtype=np.float64)
+    v = np.arange(0, d.shape[0], stride, dtype=np.float64)
+    x = (u[None, :] - K[0, 2]) / K[0, 0] * z
+    y = (v[:, None] - K[1, 2]) / K[1, 1] * z
+    return np.stack([x, y, z], axis=-1)
+
+
+def transform_points(T, pts) -> np.ndarray:
+    """Apply the 4x4 transform T to points of shape (...,3). NaN points stay NaN."""
+    T = _array(T, "T", (4, 4))
+    p = _array(pts, "pts", (Ellipsis, 3), finite=False)
+    return p @ T[:3, :3].T + T[:3, 3]
+
+
+def matrix_from_quat(q) -> np.ndarray:
+    """Rotation matrix (3,3) of a quaternion (x, y, z, w); the quaternion is normalised first."""
+    q = _array(q, "quaternion", (4,))
+    n = np.linalg.norm(q)
+    if n < 1e-12:
+        raise ValueError("quaternion has zero length")
+    x, y, z, w = q / n
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def quat_from_matrix(R, tol: float = 1e-3) -> np.ndarray:
+    """Unit quaternion (x, y, z, w) with w >= 0 of a rotation matrix (3,3).
+
+    Uses the largest of the four candidate pivots (Shepperd), so it is accurate near 180-degree
+    rotations too. Rejects matrices that are not rotations within `tol`."""
+    R = _array(R, "rotation", (3, 3))
+    if np.abs(R @ R.T - np.eye(3)).max() > tol or np.linalg.det(R) < 0:
+        raise ValueError("matrix is not a rotation (must be orthonormal with det +1)")
+    tr = np.trace(R)
+    pivots = [tr, R[0, 0], R[1, 1], R[2, 2]]
+    k = int(np.argmax(pivots))
+    if k == 0:
+        s = 2.0 * np.sqrt(max(1.0 + tr, 0.0))
+        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, s / 4]
+    elif k == 1:
+        s = 2.0 * np.sqrt(max(1.0 + R[0, 0] - R[1, 1] - R[2, 2], 0.0))
+        q = [s / 4, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s, (R[2, 1] - R[1, 2]) / s]
+    elif k == 2:
+        s = 2.0 * np.sqrt(max(1.0 - R[0, 0] + R[1, 1] - R[2, 2], 0.0))
+        q = [(R[0, 1] + R[1, 0]) / s, s / 4, (R[1, 2] + R[2, 1]) / s, (R[0, 2] - R[2, 0]) / s]
+    else:
+        s = 2.0 * np.sqrt(max(1.0 - R[0, 0] - R[1, 1] + R[2, 2], 0.0))
+        q = [(R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, s / 4, (R[1, 0] - R[0, 1]) / s]
+    q = np.asarray(q)
+    q /= np.linalg.norm(q)
+    return -q if q[3] < 0 else q
+
+
+def make_transform(translation, quat) -> np.ndarray:
+    """4x4 transform from a translation (3,) and a quaternion (x, y, z, w)."""
+    T = np.eye(4)
+    T[:3, :3] = matrix_from_quat(quat)
+    T[:3, 3] = _array(translation, "translation", (3,))
+    return T
+
+
+def is_rigid(T, tol: float = 1e-6) -> bool:
+    """True when T is a finite 4x4 rigid transform: orthonormal rotation, det +1, last row 0 0 0 1."""
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+        return False
+    R = T[:3, :3]
+    return bool(np.abs(R @ R.T - np.eye(3)).max() <= tol
+                and abs(np.linalg.det(R) - 1.0) <= tol
+                and np.abs(T[3] - [0, 0, 0, 1]).max() <= tol)
+
+
+def invert_transform(T) -> np.ndarray:
+    """Inverse of a rigid 4x4 transform (transpose the rotation rather than a general inverse)."""
+    T = _array(T, "T", (4, 4))
+    inv = np.eye(4)
+    inv[:3, :3] = T[:3, :3].T
+    inv[:3, 3] = -T[:3, :3].T @ T[:3, 3]
+    return inv
+
+
+def rotation_z(yaw: float) -> np.ndarray:
+    """4x4 rotation about +z by `yaw` radians."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    T = np.eye(4)
+    T[:2, :2] = [[c, -s], [s, c]]
+    return T
+
+
+# ---- boxes ----------------------------------------------------------------------
+
+def aabb_iou(min_a, max_a, min_b, max_b) -> float:
+    """Intersection over union of two axis-aligned 3D boxes given by their corners.
+    Boxes of zero volume give 0."""
+    lo_a, hi_a = _array(min_a, "min_a", (3,)), _array(max_a, "max_a", (3,))
+    lo_b, hi_b = _array(min_b, "min_b", (3,)), _array(max_b, "max_b", (3,))
+    if np.any(hi_a < lo_a) or np.any(hi_b < lo_b):
+        raise ValueError("box max must be >= box min on every axis")
+    inter = np.prod(np.clip(np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b), 0.0, None))
+    union = np.prod(hi_a - lo_a) + np.prod(hi_b - lo_b) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def box_corners(center, quat, size) -> np.ndarray:
+    """The 8 corners (8,3) of an oriented box. Corner i has the sign of bit 0 of i on the box's x
+    axis, bit 1 on y and bit 2 on z (0 = minus), so corners 0-3 are the bottom face."""
+    c = _array(center, "center", (3,))
+    s = _array(size, "size", (3,))
+    if np.any(s < 0):
+        raise ValueError(f"box size must be non-negative, got {s}")
+    bits = (np.arange(8)[:, None] >> np.arange(3)) & 1
+    local = (bits - 0.5) * s
+    return local @ matrix_from_quat(quat).T + c
+
+
+def box_edges() -> np.ndarray:
+    """The 12 edges of `box_corners` as (12,2) corner index pairs (for LINE_LIST markers)."""
+    return np.array([(i, i | (1 << axis)) for axis in range(3) for i in range(8) if not i >> axis & 1])
+
+
+def aligned_box_to_world(box_min, box_max, A) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(center (3,), quat xyzw, size (3,)) in the world frame of the box [box_min, box_max] that is
+    axis-aligned in the model frame, where A maps world -> model."""
+    lo, hi = _array(box_min, "box_min", (3,)), _array(box_max, "box_max", (3,))
+    if np.any(hi < lo):
+        raise ValueError(f"box_max {hi} must be >= box_min {lo} on every axis")
+    world_from_model = invert_transform(check_transform(A, "A"))
+    center = world_from_model[:3, :3] @ ((lo + hi) / 2) + world_from_model[:3, 3]
+    return center, quat_from_matrix(world_from_model[:3, :3]), hi - lo
+
+
+# ---- gravity and wall alignment --------------------------------------------------------
+
+@dataclass
+class AlignmentInfo:
+    """What `estimate_alignment` found, for logs and diagnostics."""
+    yaw_deg: float  # rotation applied about up to make the walls parallel to x/y
+    walls_found: bool  # False: too little vertical planar structure, yaw left at 0
+    wall_support: float  # fraction of planar surface area voting for the chosen wall direction
+    gravity_error_deg: float  # angle between the floor/ceiling normal and `up`; NaN if none seen
+    gravity_ok: bool  # gravity_error_deg <= the tolerance (or no horizontal planes seen)
+    message: str
+
+
+def _rotation_to_z(up: np.ndarray) -> np.ndarray:
+    """Smallest 3x3 rotation taking the unit vector `up` to +z."""
+    z = np.array([0.0, 0.0, 1.0])
+    axis = np.cross(up, z)
+    s, c = np.linalg.norm(axis), float(up @ z)
+    if s < 1e-12:
+        return np.eye(3) if c > 0 else np.diag([1.0, -1.0, -1.0])
+    k = axis / s
+    Kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + s * Kx + (1 - c) * Kx @ Kx
+
+
+def _cell_normals(points: np.ndarray, cell: float, min_count: int = 8):
+    """Plane normals of the points in each `cell`-sized cube, from the covariance of each cell
+    (local PCA), keeping only flat cells. Returns (normals (C,3), weights (C,) = point counts)."""
+    ijk = np.floor(points / cell).astype(np.int64)
+    ijk -= ijk.min(axis=0)
+    dims = ijk.max(axis=0) + 1
+    key = (ijk[:, 0] * dims[1] + ijk[:, 1]) * dims[2] + ijk[:, 2]
+    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    n = len(counts)
+    centred = points - points.mean(axis=0)  # keeps the second moments well conditioned
+    mean = np.stack([np.bincount(inverse, centred[:, i], n) for i in range(3)], 1) / counts[:, None]
+    cov = np.empty((n, 3, 3))
+    for i in range(3):
+        for j in range(i, 3):
+            m = np.bincount(inverse, centred[:, i] * centred[:, j], n) / counts - mean[:, i] * mean[:, j]
+            cov[:, i, j] = cov[:, j, i] = m
+    keep = counts >= min_count
+    evals, evecs = np.linalg.eigh(cov[keep])
+    # Flat: the smallest spread is much smaller than the middle one (a plane, not an edge or clutter).
+    flat = evals[:, 0] < 0.05 * evals[:, 1]
+    return evecs[flat, :, 0], counts[keep][flat].astype(np.float64)
+
+
+def estimate_alignment(points, up=(0.0, 0.0, 1.0), *, cell: float = 0.1, gravity_tol_deg: float = 5.0,
+                       max_points: int = 200_000, seed: int = 0, return_info: bool = False):
+    """The 4x4 transform A (world -> model frame) that GS-Reasoner expects: z along `up`,
+    dominant walls parallel to x and y, origin at the cloud's centroid in x and y.
+
+    Choice of origin: z is kept (only x and y are centred) because a REP-105 map already has its
+    floor near z = 0, like the axis-aligned ScanNet scenes that dominate the training data; the
+    model tolerates origin offsets (its training adds +-1 m shifts).
+
+    How: local-PCA normals of flat 10 cm cells; each near-vertical plane votes with its area for
+    its normal's horizontal angle modulo 90 degrees (a circular histogram over 4*angle), the peak
+    is refined by a weighted circular mean. Horizontal planes give the gravity check: when their
+    normal is more than `gravity_tol_deg` from `up` the alignment is still returned but the info
+    says so and a warning is logged. Points beyond `max_points` are subsampled with `seed`.
+
+    Returns A, or (A, AlignmentInfo) with return_info=True."""
+    pts = _array(points, "points", (-1, 3), finite=False)
+    pts = pts[np.all(np.isfinite(pts), axis=1)]
+    if len(pts) == 0:
+        raise ValueError("estimate_alignment needs at least one finite point")
+    up = _array(up, "up", (3,))
+    if np.linalg.norm(up) < 1e-9:
+        raise ValueError("up must be a non-zero vector")
+    if cell <= 0:
+        raise ValueError(f"cell must be positive, got {cell}")
+    if len(pts) > max_points:
+        pts = pts[np.random.default_rng(seed).choice(len(pts), max_points, replace=False)]
+    R_up = _rotation_to_z(up / np.linalg.norm(up))
+    p = pts @ R_up.T  # up is now +z
+    normals, weights = (_cell_normals(p, cell) if len(p) >= 8 else (np.zeros((0, 3)), np.zeros(0)))
+
+    horizontal = np.abs(normals[:, 2]) > np.cos(np.deg2rad(20))
+    gravity_err = float("nan")
+    if horizontal.any():
+        nz = normals[horizontal] * np.sign(normals[horizontal, 2:3])
+        mean_n = (nz * weights[horizontal, None]).sum(0)
+        gravity_err = float(np.degrees(np.arccos(np.clip(mean_n[2] / np.linalg.norm(mean_n), -1, 1))))
+    gravity_ok = not gravity_err > gravity_tol_deg
+
+    yaw, support, walls = _wall_yaw(normals, weights)
+    rot = rotation_z(-yaw)[:3, :3] @ R_up
+    centroid = pts.mean(axis=0)
+    A = np.eye(4)
+    A[:3, :3] = rot
+    A[:3, 3] = -rot @ centroid
+    A[2, 3] = 0.0  # keep z: only x and y are centred (see docstring)
+
+    parts = [f"yaw {np.degrees(yaw):.1f} deg" if walls else "no dominant walls, yaw left at 0"]
+    if np.isnan(gravity_err):
+        parts.append("no floor/ceiling seen, gravity unchecked")
+    else:
+        parts.append(f"floor normal {gravity_err:.1f} deg from up")
+    if not gravity_ok:
+        parts.append(f"WARNING: more than {gravity_tol_deg} deg, the map is not gravity-aligned")
+        log.warning("estimate_alignment: floor normal is %.1f deg from up; the model expects a "
+                    "gravity-aligned z-up world", gravity_err)
+    info = AlignmentInfo(float(np.degrees(yaw)), walls, support, gravity_err, gravity_ok, "; ".join(parts))
+    return (A, info) if return_info else A
+
+
+def _wall_yaw(normals: np.ndarray, weights: np.ndarray) -> tuple[float, float, bool]:
+    """Yaw (radians, in [-45, 45) deg) of the dominant vertical-plane normal direction modulo 90
+    degrees, the fraction of vertical-plane weight near it, and whether it is trustworthy."""
+    vertical = np.abs(normals[:, 2]) < 0.1
+    if weights[vertical].sum() < 50:  # fewer than ~50 points' worth of wall: no reliable yaw
+        return 0.0, 0.0, False
+    angle4 = 4.0 * np.arctan2(normals[vertical, 1], normals[vertical, 0])  # period 90 deg -> 360
+    w = weights[vertical]
+    bins = 180  # 0.5 degree of yaw per bin
+    idx = np.floor((angle4 % (2 * np.pi)) / (2 * np.pi) * bins).astype(int) % bins
+    hist = np.bincount(idx, w, bins)
+    smooth = sum(np.roll(hist, k) for k in range(-4, 5))  # +-2 deg of yaw, circular
+    peak = (np.argmax(smooth) + 0.5) / bins * 2 * np.pi
+    near = np.abs(np.angle(np.exp(1j * (angle4 - peak)))) < np.deg2rad(4 * 4)  # within 4 deg
+    mean4 = np.angle(np.sum(w[near] * np.exp(1j * angle4[near])))
+    support = float(w[near].sum() / w.sum())
+    return float(mean4 / 4.0), support, True

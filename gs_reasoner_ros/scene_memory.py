@@ -1,0 +1,499 @@
+"""What the node remembers of the scene: a bounded store of keyframes (what the model sees) and
+an incremental coloured voxel map (what RViz and the bird's-eye view show).
+
+Both are ROS-free and thread-safe: the node integrates from its intake thread and reads from its
+query thread, so every public method takes the object's lock.
+
+The voxel map is a persistent open-addressing hash (linear probing, vectorised over a whole
+frame in numpy) from packed integer voxel coordinates to dense slots holding running sums. A
+frame costs O(its pixels), never O(map size): nothing is re-sorted or re-scanned per frame.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from .geometry import check_intrinsics, check_transform
+from .scene import Scene
+
+_EMPTY = -1
+_BITS = 21  # per axis: +-2**20 voxels (+-21 km at 2 cm)
+_OFFSET = 1 << (_BITS - 1)
+_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: top bits of key * 2**64/phi
+_FIELD = (1 << _BITS) - 1
+# Run sums pack three 21-bit fields in one int64: a point's offset inside its voxel in steps of
+# 1/2048 voxel (11 bits; 0.01 mm at 2 cm) or a colour channel (8 bits), times at most 1023
+# points per run (10 bits), so one integer reduceat sums three axes or channels at once.
+_FRAC = 2048
+_MAX_RUN = 1023
+
+
+@dataclass
+class Frame:
+    """One synced RGB-D frame with its camera pose in the world frame."""
+    rgb: np.ndarray  # (Hc,Wc,3) uint8
+    depth: np.ndarray  # (H,W) float32 metres, 0/NaN = no measurement
+    K: np.ndarray  # (3,3) intrinsics of the depth image
+    pose: np.ndarray  # (4,4) camera-to-world, optical axes
+    stamp: float  # seconds
+
+    def __post_init__(self):
+        rgb, depth = np.asarray(self.rgb), np.asarray(self.depth)
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0:
+            raise ValueError(f"rgb must be uint8 (H,W,3), got {rgb.dtype} {rgb.shape}")
+        if depth.ndim != 2 or depth.size == 0:
+            raise ValueError(f"depth must be (H,W), got shape {depth.shape}")
+        if not np.issubdtype(depth.dtype, np.floating):
+            raise ValueError(f"depth must be float metres, got {depth.dtype} (convert 16UC1 millimetres first)")
+        hc, wc = rgb.shape[:2]
+        h, w = depth.shape
+        if abs(hc * w - wc * h) > max(h, w):
+            raise ValueError(f"colour {wc}x{hc} and depth {w}x{h} must have the same aspect ratio")
+        self.rgb = rgb
+        self.depth = depth.astype(np.float32, copy=False)
+        self.K = check_intrinsics(self.K)
+        self.pose = check_transform(self.pose, "pose")
+        stamp = float(self.stamp)
+        if not np.isfinite(stamp):
+            raise ValueError(f"stamp must be finite, got {self.stamp}")
+        self.stamp = stamp
+
+
+def _check_eviction(eviction: str) -> str:
+    if eviction not in ("oldest", "farthest"):
+        raise ValueError(f"eviction must be 'oldest' or 'farthest', got {eviction!r}")
+    return eviction
+
+
+# ---- voxel map ----------------------------------------------------------------------
+
+class VoxelMap:
+    """Coloured voxel map: each voxel holds the running average of the points and colours that
+    fell into it. Bounded: beyond `max_voxels` it drops the least recently seen voxels
+    ("oldest") or those farthest from the last camera ("farthest") down to 90 % of the cap, so
+    the cost of compacting is paid once per many frames.
+
+    Only `device="cpu"` (numpy) exists; a CUDA version would port the same algorithm to torch."""
+
+    def __init__(self, voxel_size: float = 0.02, max_voxels: int = 2_000_000, eviction: str = "oldest",
+                 max_depth: float | None = None, device: str = "cpu"):
+        if not (np.isfinite(voxel_size) and voxel_size > 0):
+            raise ValueError(f"voxel_size must be a positive number of metres, got {voxel_size}")
+        if int(max_voxels) < 1:
+            raise ValueError(f"max_voxels must be positive, got {max_voxels}")
+        if max_depth is not None and not max_depth > 0:
+            raise ValueError(f"max_depth must be positive or None, got {max_depth}")
+        if device != "cpu":
+            raise ValueError(f"VoxelMap runs on device 'cpu' only, got {device!r}")
+        self.voxel_size = float(voxel_size)
+        self.max_voxels = int(max_voxels)
+        self.eviction = _check_eviction(eviction)
+        self.max_depth = max_depth
+        self.evicted = 0  # voxels dropped by the cap since the last clear()
+        self._lock = threading.Lock()
+        self._ray_cache: dict = {}
+        self._reset()
+
+    # -- public API --
+
+    def integrate_frame(self, frame: Frame, stride: int = 1) -> int:
+        """Fuse the valid depth pixels (every `stride`-th) of `frame` with their colours.
+        Returns the number of points integrated."""
+        if not isinstance(frame, Frame):
+            raise ValueError(f"integrate_frame needs a Frame, got {type(frame).__name__}")
+        if int(stride) != stride or stride < 1:
+            raise ValueError(f"stride must be a positive integer, got {stride}")
+        xyz, colors = self._frame_points(frame, int(stride))
+        with self._lock:
+            self._integrate(xyz, colors, frame.pose[:3, 3])
+        return len(colors)
+
+    def integrate(self, points, colors, origin=None) -> int:
+        """Fuse world points (N,3) with uint8 colours (N,3); non-finite points are skipped.
+        `origin` (the sensor position) is what "farthest" eviction measures from; by default
+        the mean of the points. Returns the number of points integrated."""
+        pts = np.asarray(points)
+        cols = np.asarray(colors)
+        if pts.ndim != 2 or pts.shape[1] != 3:
+            raise ValueError(f"points must be (N,3), got {pts.shape}")
+        if cols.shape != pts.shape:
+            raise ValueError(f"colors must be (N,3) like points {pts.shape}, got {cols.shape}")
+        if cols.dtype != np.uint8:
+            raise ValueError(f"colors must be uint8, got {cols.dtype}")
+        ok = np.all(np.isfinite(pts), axis=1)
+        pts, cols = pts[ok].astype(np.float64), cols[ok]
+        if origin is None:
+            origin = pts.mean(axis=0) if len(pts) else np.zeros(3)
+        origin = np.asarray(origin, dtype=np.float64)
+        if origin.shape != (3,) or not np.all(np.isfinite(origin)):
+            raise ValueError(f"origin must be a finite (3,) point, got {origin}")
+        scaled = pts * (1.0 / self.voxel_size)
+        with self._lock:
+            self._integrate([scaled[:, 0], scaled[:, 1], scaled[:, 2]], cols, origin)
+        return len(pts)
+
+    def points(self) -> np.ndarray:
+        """(M,3) float32 voxel centroids (running average of the points in each voxel)."""
+        with self._lock:
+            return self._centroids().astype(np.float32)
+
+    def colors(self) -> np.ndarray:
+        """(M,3) uint8 average colour of each voxel, in the order of points()."""
+        with self._lock:
+            return self._mean_colors()
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """(points, colors) taken under one lock, so they always match."""
+        with self._lock:
+            return self._centroids().astype(np.float32), self._mean_colors()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._n
+
+    def clear(self) -> None:
+        """Forget every voxel."""
+        with self._lock:
+            self._reset()
+
+    # -- storage --
+    # Per voxel (dense slots 0.._n-1): its packed key, the sum of its points' offsets inside the
+    # voxel in 1/_FRAC voxel steps, the sum of colours, the point count and the integration tick
+    # when it was last seen. A hash table maps keys to slots.
+
+    def _reset(self) -> None:
+        self._n = 0
+        self._tick = 0  # integration counter: the "age" that oldest-first eviction uses
+        self._last_origin = np.zeros(3)
+        self.evicted = 0
+        self._keys = None
+        self._alloc(1 << 16)
+        self._new_table(1 << 17)
+
+    def _alloc(self, capacity: int) -> None:
+        """(Re)size the dense per-voxel arrays, keeping the first _n entries."""
+        fields = dict(_keys=((capacity,), np.int64), _sum_offset=((capacity, 3), np.float64),
+                      _sum_rgb=((capacity, 3), np.float64), _count=((capacity,), np.float64),
+                      _seen=((capacity,), np.int64), _scratch=((capacity,), np.int64))
+        keep = self._keys is not None
+        for name, (shape, dtype) in fields.items():
+            arr = np.zeros(shape, dtype)
+            if keep:
+                arr[: self._n] = getattr(self, name)[: self._n]
+            setattr(self, name, arr)
+
+    def _new_table(self, size: int) -> None:
+        """A fresh hash table of `size` (a power of two) slots holding the current voxels."""
+        self._tbits = int(size).bit_length() - 1
+        self._tkeys = np.full(size, _EMPTY, np.int64)
+        self._tslot = np.full(size, _EMPTY, np.int64)
+        if self._n:
+            self._tslot[self._probe(self._keys[: self._n])] = np.arange(self._n)
+
+    def _grow_table(self, entries: int) -> None:
+        size = len(self._tkeys)
+        while 2 * entries > size:
+            size *= 2
+        self._new_table(size)
+
+    # -- integration --
+
+    def _frame_points(self, frame: Frame, stride: int) -> tuple[list, np.ndarray]:
+        """Coordinates in voxel units ([x, y, z], (N,) each) and colours (N,3) uint8 of the
+        valid pixels of a frame, in image order.
+
+        float32 (three times faster here) while the camera is within 2**15 voxels of the origin,
+        where its rounding stays below 1/500 voxel; float64 beyond."""
+        z = frame.depth[::stride, ::stride].reshape(-1)
+        valid = z > 0  # NaN compares False, so NaN is dropped too
+        if self.max_depth is not None:
+            valid &= z <= self.max_depth
+        scale = 1.0 / self.voxel_size
+        dtype = np.float32 if np.abs(frame.pose[:3, 3]).max() * scale < 2 ** 15 else np.float64
+        rx, ry = self._rays(frame.K, frame.depth.shape, stride, dtype)
+        z, rx, ry = z[valid].astype(dtype, copy=False), rx[valid], ry[valid]
+        R = (frame.pose[:3, :3] * scale).astype(dtype)
+        t = (frame.pose[:3, 3] * scale).astype(dtype)
+        xyz = []
+        for i in range(3):
+            c = rx * R[i, 0]
+            c += ry * R[i, 1]
+            c += R[i, 2]
+            c *= z
+            c += t[i]
+            xyz.append(c)
+        hc, wc = frame.rgb.shape[:2]
+        h, w = frame.depth.shape
+        if (hc, wc) == (h, w):  # np.take is several times faster than boolean row indexing here
+            cols = np.take(frame.rgb[::stride, ::stride].reshape(-1, 3), np.flatnonzero(valid), axis=0)
+        else:  # colour at another resolution (same aspect ratio): the nearest colour pixel
+            row, col = np.divmod(np.flatnonzero(valid), len(range(0, w, stride)))
+            cols = frame.rgb[np.minimum(row * stride * hc // h, hc - 1), np.minimum(col * stride * wc // w, wc - 1)]
+        return xyz, cols
+
+    def _rays(self, K: np.ndarray, shape: tuple, stride: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+        """x/z and y/z of every pixel of the strided grid (flattened), cached per camera."""
+        key = (K.tobytes(), shape, stride, dtype)
+        rays = self._ray_cache.get(key)
+        if rays is None:
+            u = (np.arange(0, shape[1], stride) - K[0, 2]) / K[0, 0]
+            v = (np.arange(0, shape[0], stride) - K[1, 2]) / K[1, 1]
+            rays = tuple(np.ascontiguousarray(r, dtype).reshape(-1) for r in np.broadcast_arrays(u[None, :], v[:, None]))
+            if len(self._ray_cache) > 8:
+                self._ray_cache.clear()
+            self._ray_cache[key] = rays
+        return rays
+
+    def _voxel_keys(self, xyz: list) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """From coordinates in voxel units: packed voxel keys, packed fixed-point offsets inside
+        the voxel, and the mask of points inside the key range (None when all are, as usual)."""
+        ijk, frac = [], []
+        for c in xyz:
+            cell = np.floor(c)
+            f = c - cell
+            f *= _FRAC
+            frac.append(np.minimum(f.astype(np.int64), _FRAC - 1))
+            cell = cell.astype(np.int64)
+            cell += _OFFSET
+            ijk.append(cell)
+        inside = None
+        if min(i.min() for i in ijk) < 0 or max(i.max() for i in ijk) > _FIELD:
+            inside = np.all([(i >= 0) & (i <= _FIELD) for i in ijk], axis=0)
+            ijk, frac = [i[inside] for i in ijk], [f[inside] for f in frac]
+        return _pack(*ijk), _pack(*frac), inside
+
+    def _integrate(self, xyz: list, cols: np.ndarray, origin) -> None:
+        self._tick += 1
+        self._last_origin = np.asarray(origin, dtype=np.float64)
+        if len(cols) == 0:
+            return
+        keys, offsets, inside = self._voxel_keys(xyz)
+        colours = _pack(cols[:, 0], cols[:, 1], cols[:, 2])
+        if inside is not None:
+            colours = colours[inside]
+            if len(keys) == 0:
+                return
+        # Neighbouring pixels mostly share a voxel: sum runs of equal keys first, a sort-free
+        # reduction that shrinks the hash work several times for image-ordered points.
+        boundary = np.empty(len(keys), bool)
+        boundary[0] = True
+        np.not_equal(keys[1:], keys[:-1], out=boundary[1:])
+        boundary[::_MAX_RUN] = True  # keeps the packed run sums inside their bit fields
+        starts = np.flatnonzero(boundary)
+        run_count = np.diff(np.append(starts, len(keys))).astype(np.float64)
+        run_offset = _unpack(np.add.reduceat(offsets, starts))
+        run_rgb = _unpack(np.add.reduceat(colours, starts))
+        slot = self._slots(keys[starts])
+        # Then number the distinct slots 0..U-1 and add every run into its voxel.
+        rank = np.arange(len(slot))
+        self._scratch[slot] = rank  # duplicates: one writer wins and is the one that reads itself back
+        touched = slot[self._scratch[slot] == rank]
+        self._scratch[touched] = np.arange(len(touched))
+        local = self._scratch[slot]
+        u = len(touched)
+        self._count[touched] += np.bincount(local, run_count, u)
+        for i in range(3):
+            self._sum_offset[touched, i] += np.bincount(local, run_offset[i], u)
+            self._sum_rgb[touched, i] += np.bincount(local, run_rgb[i], u)
+        self._seen[touched] = self._tick
+        if self._n > self.max_voxels:
+            self._evict()
+        if 2 * self._n > len(self._tkeys):  # keep the load factor <= 1/2 so probe chains stay short
+            self._grow_table(self._n)
+
+    def _hash(self, keys: np.ndarray) -> np.ndarray:
+        return ((keys.view(np.uint64) * _HASH_MUL) >> np.uint64(64 - self._tbits)).view(np.int64)
+
+    def _probe(self, keys: np.ndarray) -> np.ndarray:
+        """Table positions of `keys`, claiming empty slots for keys not yet present. Vectorised
+        linear probing: every round, all unresolved keys look at their current slot; keys that
+        meet an empty slot write themselves there and read back who won (equal keys share the
+        win, so duplicates in the batch end in the same slot); the rest step to the next slot."""
+        mask = (1 << self._tbits) - 1
+        pos_of = np.empty(len(keys), np.int64)
+        pending = np.arange(len(keys))
+        k, h = keys, self._hash(keys)
+        while len(pending):
+            there = self._tkeys[h]
+            done = there == k
+            empty = np.flatnonzero(there == _EMPTY)
+            if len(empty):
+                self._tkeys[h[empty]] = k[empty]
+                done[empty[self._tkeys[h[empty]] == k[empty]]] = True
+            pos_of[pending[done]] = h[done]
+            left = ~done
+            pending, k, h = pending[left], k[left], (h[left] + 1) & mask
+        return pos_of
+
+    def _slots(self, keys: np.ndarray) -> np.ndarray:
+        """Dense voxel slot of every key, creating slots for new voxels."""
+        if self._n + len(keys) >= len(self._tkeys):  # probing must always find an empty slot
+            self._grow_table(self._n + len(keys))
+        pos = self._probe(keys)
+        slot = self._tslot[pos]
+        new = np.flatnonzero(slot < 0)
+        if len(new):
+            new_pos = pos[new]
+            rank = np.arange(len(new_pos))
+            self._tslot[new_pos] = rank
+            first = self._tslot[new_pos] == rank
+            count = int(first.sum())
+            if self._n + count > len(self._keys):
+                capacity = len(self._keys)
+                while self._n + count > capacity:
+                    capacity *= 2
+                self._alloc(capacity)
+            fresh = self._n + np.arange(count)
+            self._tslot[new_pos[first]] = fresh
+            self._keys[fresh] = keys[new[first]]
+            self._n += count
+            slot = self._tslot[pos]
+        return slot
+
+    def _evict(self) -> None:
+        """Drop voxels down to 90 % of the cap by the eviction policy, then rebuild the table."""
+        n, keep_n = self._n, int(self.max_voxels * 0.9)
+        if self.eviction == "oldest":
+            score = -self._seen[:n].astype(np.float64)  # low score = keep
+        else:
+            score = np.linalg.norm(self._centroids() - self._last_origin, axis=1)
+        keep = np.sort(np.argpartition(score, keep_n)[:keep_n]) if keep_n > 0 else np.zeros(0, np.int64)
+        for name in ("_keys", "_sum_offset", "_sum_rgb", "_count", "_seen"):
+            arr = getattr(self, name)
+            arr[:keep_n] = arr[keep]
+        self.evicted += n - keep_n
+        self._n = keep_n
+        self._new_table(len(self._tkeys))
+
+    # -- read-out --
+
+    def _centroids(self) -> np.ndarray:
+        """Voxel corner plus the mean offset inside it, in metres (+0.5 step undoes the
+        flooring of each offset to 1/_FRAC voxel)."""
+        n = self._n
+        corner = np.stack(_unpack(self._keys[:n]), axis=1).astype(np.float64) - _OFFSET
+        return (corner + (self._sum_offset[:n] / self._count[:n, None] + 0.5) / _FRAC) * self.voxel_size
+
+    def _mean_colors(self) -> np.ndarray:
+        n = self._n
+        return np.rint(self._sum_rgb[:n] / self._count[:n, None]).astype(np.uint8)
+
+
+def _pack(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Three non-negative ints below 2**21 in one int64 (a in the high bits, c in the low)."""
+    packed = a.astype(np.int64) << (2 * _BITS)
+    packed |= b.astype(np.int64) << _BITS
+    packed |= c
+    return packed
+
+
+def _unpack(packed: np.ndarray) -> list[np.ndarray]:
+    """[a, b, c] of _pack."""
+    return [(packed >> (2 * _BITS)) & _FIELD, (packed >> _BITS) & _FIELD, packed & _FIELD]
+
+
+# ---- keyframes ------------------------------------------------------------------------
+
+class KeyframeStore:
+    """Bounded set of keyframes: a frame is kept when the camera moved `min_translation` metres
+    or turned `min_rotation_deg` since the last keyframe, or `max_interval_s` passed, but never
+    sooner than `min_interval_s` after it. The first frame is always kept. Beyond
+    `max_keyframes` the oldest, or the one farthest from the newest camera, is dropped.
+
+    Frames older than the newest keyframe are refused (offer returns False): a clock that jumps
+    back is the node's cue to clear() rather than mix timelines."""
+
+    def __init__(self, max_keyframes: int = 64, min_translation: float = 0.15, min_rotation_deg: float = 10.0,
+                 min_interval_s: float = 0.5, max_interval_s: float = 5.0, eviction: str = "oldest"):
+        if int(max_keyframes) < 1:
+            raise ValueError(f"max_keyframes must be positive, got {max_keyframes}")
+        for name, value in (("min_translation", min_translation), ("min_rotation_deg", min_rotation_deg),
+                            ("min_interval_s", min_interval_s), ("max_interval_s", max_interval_s)):
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if max_interval_s < min_interval_s:
+            raise ValueError(f"max_interval_s ({max_interval_s}) must be >= min_interval_s ({min_interval_s})")
+        self.max_keyframes = int(max_keyframes)
+        self.min_translation = float(min_translation)
+        self.min_rotation_deg = float(min_rotation_deg)
+        self.min_interval_s = float(min_interval_s)
+        self.max_interval_s = float(max_interval_s)
+        self.eviction = _check_eviction(eviction)
+        self._frames: list[Frame] = []
+        self._last: Frame | None = None  # the newest keyframe, even if evicted by "farthest"
+        self._lock = threading.Lock()
+
+    def offer(self, frame: Frame) -> bool:
+        """Keep `frame` if it is a new keyframe under the policy; returns whether it was kept."""
+        if not isinstance(frame, Frame):
+            raise ValueError(f"offer needs a Frame, got {type(frame).__name__}")
+        with self._lock:
+            if not self._wanted(frame):
+                return False
+            self._frames.append(frame)
+            self._last = frame
+            if len(self._frames) > self.max_keyframes:
+                self._frames.pop(self._victim())
+            return True
+
+    def frames(self) -> list[Frame]:
+        """The keyframes in time order (a copy of the list; the frames themselves are shared)."""
+        with self._lock:
+            return list(self._frames)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._frames)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._frames.clear()
+            self._last = None
+
+    @property
+    def newest_stamp(self) -> float | None:
+        """Stamp of the newest keyframe, None when empty."""
+        with self._lock:
+            return None if self._last is None else self._last.stamp
+
+    def to_scene(self, count: int = 32, axis_align=None) -> Scene:
+        """A Scene of up to `count` keyframes chosen uniformly over the store (the authors'
+        np.linspace choice), with `axis_align` (world -> model, default identity). Only keyframes
+        with the newest keyframe's image sizes are used (the camera may have been reconfigured)."""
+        if int(count) < 1:
+            raise ValueError(f"count must be positive, got {count}")
+        A = np.eye(4) if axis_align is None else check_transform(axis_align, "axis_align")
+        frames = self.frames()
+        if not frames:
+            raise ValueError("no keyframes yet: the scene is empty")
+        shapes = (frames[-1].rgb.shape, frames[-1].depth.shape)
+        frames = [f for f in frames if (f.rgb.shape, f.depth.shape) == shapes]
+        idx = np.linspace(0, len(frames) - 1, min(int(count), len(frames))).astype(int)
+        chosen = [frames[i] for i in idx]
+        return Scene(np.stack([f.rgb for f in chosen]), np.stack([f.depth for f in chosen]),
+                     np.stack([f.K for f in chosen]), np.stack([f.pose for f in chosen]), A,
+                     np.array([f.stamp for f in chosen]))
+
+    def _wanted(self, frame: Frame) -> bool:
+        last = self._last
+        if last is None:
+            return True
+        dt = frame.stamp - last.stamp
+        if dt < self.min_interval_s:  # also refuses frames from the past
+            return False
+        if dt >= self.max_interval_s:
+            return True
+        moved = np.linalg.norm(frame.pose[:3, 3] - last.pose[:3, 3])
+        cos = (np.trace(last.pose[:3, :3].T @ frame.pose[:3, :3]) - 1.0) / 2.0
+        turned = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+        return bool(moved >= self.min_translation or turned >= self.min_rotation_deg)
+
+    def _victim(self) -> int:
+        """Index of the keyframe to drop when over the cap (never the newest)."""
+        if self.eviction == "oldest":
+            return 0
+        here = self._frames[-1].pose[:3, 3]
+        dist = [np.linalg.norm(f.pose[:3, 3] - here) for f in self._frames[:-1]]
+        return int(np.argmax(dist))
