@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -103,6 +104,16 @@ def test_grid_sample_keeps_one_point_per_voxel():
     assert torch.equal(a.index, b.index) and not torch.equal(a.index, c.index)
     assert torch.equal(a.inverse, first.inverse)
     assert torch.equal(voxel[a.index], voxel[first.index])  # random picks stay in their voxel
+
+
+def test_voxel_index_is_float32_division_like_the_authors_numpy():
+    g = torch.Generator().manual_seed(7)
+    cells = torch.randint(0, 400, (5000, 3), generator=g)
+    coord = torch.cat([cells.float() * 0.025, torch.rand(5000, 3, generator=g) * 10])  # many on borders
+    expected = np.floor(coord.numpy() / np.float32(0.025)).astype(np.int64)
+    expected -= expected.min(0)
+    sample = grid_sample(coord, 0.025)
+    assert np.array_equal(sample.grid_coord[sample.inverse].numpy(), expected)
 
 
 def test_grid_pool_matches_dict_reference():

@@ -105,7 +105,7 @@ def window_attention(
     name = resolve_backend(q.device, backend)
     dtype = q.dtype
     if q.device.type == "cuda":
-        q, k, v = q.half(), k.half(), v.half()
+        q, k, v = (t.half().contiguous() for t in (q, k, v))  # flash kernels want dense fp16
     if name == "varlen":
         out = _window_attention_varlen(q, k, v, cu_seqlens, max_seqlen, scale)
     elif name == "flash_attn":

@@ -155,7 +155,10 @@ def grid_sample(
     random point per voxel, drawn from ``generator``.  Voxels are listed in lexicographic order
     of their coordinates; the encoder does not depend on that order.
     """
-    grid = torch.floor(coord.float() / grid_size).long()
+    # a 0-d tensor on the device, not a Python scalar: CUDA turns division by a CPU scalar into
+    # multiplication by its reciprocal, which moves points that sit on voxel borders
+    size = torch.tensor(grid_size, dtype=torch.float32, device=coord.device)
+    grid = torch.floor(coord.float() / size).long()
     grid = grid - grid.min(0).values
     key, _ = _pack(grid)
     _, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
@@ -341,7 +344,8 @@ class Sonata(nn.Module):
     ) -> Tensor:
         """Per-point features ``(N, out_channels)`` for world coordinates (metres) and colours in [0, 1]."""
         coord, color = self._check_inputs(coord, color)
-        self.float()  # the authors keep Sonata in fp32 even inside a bf16 model
+        if self.embedding.stem.linear.weight.dtype != torch.float32:
+            self.float()  # the authors keep Sonata in fp32 even inside a bf16 model
         with torch.autocast(device_type=coord.device.type, enabled=False):
             shifted = coord - coord.min(0).values
             sample = grid_sample(shifted, self.config.grid_size, deterministic=deterministic, generator=generator)

@@ -10,7 +10,8 @@ Backends, picked per call from the device (or forced by ``backend=`` / the envir
 
 - ``torch`` (always available, the only one used on CPU): a rulebook of (input, output) index
   pairs per kernel offset, found by ``searchsorted`` over sorted int64 voxel keys, then
-  gather / matmul / ``index_add`` per offset.  Autograd provides the backward.
+  gather / matmul / scatter per offset ("pairs", CPU) or one gather of all 27 neighbours and a
+  single matmul per chunk ("gemm", CUDA: few kernel launches).  Autograd gives the backward.
 - ``spconv_triton`` then ``spconv`` on CUDA when importable.  They are imported lazily, never at
   module import time.  spconv's CPU kernels give wrong rows with more than one thread, so ``auto``
   never picks it on CPU.
