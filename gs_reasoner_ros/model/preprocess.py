@@ -79,7 +79,7 @@ def world_coordinate_map(depth: np.ndarray, intrinsics: np.ndarray, pose: np.nda
     cam = torch.stack([x, y, z, torch.ones_like(z)], dim=0)  # (4, H*W)
     world = torch.from_numpy(np.asarray(pose, dtype=np.float32)) @ cam
     world = (world[:3] / world[3:]).T
-    return world.reshape(h, w, 3).numpy()
+    return world.reshape(h, w, 3).contiguous().numpy()
 
 
 def resize_crop_points(points: np.ndarray, new_size: tuple[int, int], crop: int = CROP_SIZE) -> np.ndarray:
