@@ -118,14 +118,14 @@ def test_voxel_index_is_float32_division_like_the_authors_numpy():
 
 def test_grid_pool_matches_dict_reference():
     g = torch.Generator().manual_seed(1)
-    fine = torch.unique(torch.randint(0, 13, (300, 3), generator=g), dim=0)
+    fine = torch.unique(torch.randint(0, 7, (120, 3), generator=g), dim=0)
     coarse, cluster = grid_pool(fine, 2)
     groups: dict[tuple, list[int]] = {}
     for i, v in enumerate(fine.tolist()):
         groups.setdefault(tuple(c // 2 for c in v), []).append(i)
     assert coarse.tolist() == [list(k) for k in sorted(groups)]
-    for i, members in enumerate(groups[k] for k in sorted(groups)):
-        assert torch.all(cluster[members] == i)
+    rank = {k: r for r, k in enumerate(sorted(groups))}
+    assert cluster.tolist() == [rank[tuple(c // 2 for c in v)] for v in fine.tolist()]
     pool = GridPooling(4, 6)
     feat = torch.randn(len(fine), 4, generator=g)
     out = pool(feat, cluster, len(coarse))
@@ -229,8 +229,8 @@ def test_own_voxels_in_one_window_are_order_independent_and_mode_independent():
 def test_modes_reproducible_and_random_mode_really_random():
     torch.manual_seed(6)
     model = Sonata(SonataConfig(**TINY))
-    coord = torch.rand(1500, 3) * 0.6
-    color = torch.rand(1500, 3)
+    coord = torch.rand(600, 3) * 0.4
+    color = torch.rand(600, 3)
     with torch.no_grad():
         a = model(coord, color)
         b = model(coord, color)
