@@ -131,3 +131,23 @@ def test_config_errors(setup, tmp_path):
 def test_nccl_multicast_stays_off():
     env = T.apply_nccl_safe_env({"NCCL_NVLS_ENABLE": "1"})
     assert env == {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("GSR_DISTRIBUTED_TESTS"),
+                    reason="2-process torchrun run (~1 min on 2 cores); set GSR_DISTRIBUTED_TESTS=1")
+def test_torchrun_fsdp_two_processes_on_cpu(setup):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, ckpt, data = setup
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", CHECKPOINT=str(ckpt),
+               DATA=str(data["finetune"]), DATA_ROOT=str(root / "data"), OUTPUT=str(root / "fsdp"), NPROC="2",
+               OMP_NUM_THREADS="1")
+    subprocess.run(["bash", str(repo / "scripts" / "train_finetune.sh"), "--max-steps", "2", "--global-batch", "2",
+                    "--frames", "1", "--device", "cpu"], env=env, check=True, timeout=600)
+    before, after = _weights(ckpt), _weights(root / "fsdp")
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("model.vision_tower."))

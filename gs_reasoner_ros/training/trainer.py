@@ -223,7 +223,9 @@ def shard_fsdp(wrapper: TrainingForward, bf16: bool) -> None:
     for layer in base.model.layers:
         fully_shard(layer, mp_policy=policy)
     fully_shard(wrapper.model.spatial_encoder, mp_policy=MixedPrecisionPolicy(param_dtype=torch.float32))
-    fully_shard(wrapper, mp_policy=policy)
+    # FSDP cannot shard 0-d tensors (the release's unused pointnet_pooling.logit_scale): replicate them.
+    scalars = {p for p in wrapper.parameters() if p.ndim == 0}
+    fully_shard(wrapper, mp_policy=policy, ignored_params=scalars or None)
 
 
 def full_state_dict(module: nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
