@@ -188,3 +188,13 @@ def test_tiny_checkpoint_carries_its_tokenizer(tmp_path):
     assert rows == len(tokenizer)
     reloaded = load_tokenizer(tmp_path)
     assert reloaded.convert_tokens_to_ids("<bbox>") == tokenizer.convert_tokens_to_ids("<bbox>") < rows
+
+
+def test_key_map_is_a_bijection_onto_the_model(tiny_model, release_weights):
+    from gs_reasoner_ros.model.checkpoint import to_module_key, to_release_key
+
+    ours = set(tiny_model.state_dict())
+    mapped = {to_module_key(k) for k in release_weights}
+    assert mapped == ours
+    assert all(to_release_key(to_module_key(k)) == k for k in release_weights)
+    assert to_module_key("model.image_newline_extra") is None and to_module_key("model.faster_token") is None
