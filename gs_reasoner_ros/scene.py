@@ -7,6 +7,7 @@ camera-to-world with OpenCV optical axes (x right, y down, z forward).
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,32 +105,33 @@ class Scene:
         np.savez_compressed(path, **arrays)
 
     @classmethod
-    def load_processed(cls, folder) -> "Scene":
+    def load_processed(cls, folder, count: int | None = None) -> "Scene":
         """GS-Reasoner processed-data layout: color/*.jpg, depth/*.png (uint16 mm),
-        pose/*.txt (4x4), intrinsic/intrinsic_depth.txt (4x4)."""
+        pose/*.txt (4x4), intrinsic/intrinsic_depth.txt (4x4), optional axis_align.txt.
+
+        count: read only that many frames, chosen like the authors (np.linspace over all frames
+        with a finite pose, as integers); None reads every frame."""
         import cv2
 
         folder = Path(folder)
-        colors = sorted((folder / "color").glob("*.jpg")) + sorted((folder / "color").glob("*.png"))
-        if not colors:
-            raise ValueError(f"{folder}: no color/*.jpg frames")
+        stems = processed_frame_stems(str(folder))
+        if count is not None and len(stems) > count:
+            stems = tuple(stems[i] for i in np.linspace(0, len(stems) - 1, count, dtype=int))
         rgb, depth, poses = [], [], []
-        for c in colors:
-            d = folder / "depth" / (c.stem + ".png")
-            p = folder / "pose" / (c.stem + ".txt")
-            for f in (d, p):
-                if not f.exists():
-                    raise ValueError(f"{folder}: {f.relative_to(folder)} is missing for {c.name}")
-            pose = np.loadtxt(p).reshape(4, 4)
-            if not np.all(np.isfinite(pose)):
-                continue  # the authors' exporter skips frames without a valid pose too
-            bgr = cv2.imread(str(c), cv2.IMREAD_COLOR)
+        for stem in stems:
+            color = folder / "color" / f"{stem}.jpg"
+            if not color.is_file():
+                color = folder / "color" / f"{stem}.png"
+            d = folder / "depth" / f"{stem}.png"
+            if not d.is_file():
+                raise ValueError(f"{folder}: depth/{stem}.png is missing")
+            bgr = cv2.imread(str(color), cv2.IMREAD_COLOR)
             dep = cv2.imread(str(d), cv2.IMREAD_UNCHANGED)
             if bgr is None or dep is None or dep.dtype != np.uint16:
-                raise ValueError(f"{folder}: cannot read {c.name} / {d.name} (depth must be uint16 PNG)")
+                raise ValueError(f"{folder}: cannot read frame {stem} (colour jpg/png, depth uint16 png)")
             rgb.append(bgr[..., ::-1])
             depth.append(dep.astype(np.float32) / 1000.0)
-            poses.append(pose)
+            poses.append(np.loadtxt(folder / "pose" / f"{stem}.txt").reshape(4, 4))
         k = np.loadtxt(folder / "intrinsic" / "intrinsic_depth.txt").reshape(4, 4)
         align_file = folder / "axis_align.txt"
         align = np.loadtxt(align_file).reshape(4, 4) if align_file.exists() else np.eye(4)
@@ -154,6 +156,26 @@ class Scene:
         if not np.allclose(self.axis_align, np.eye(4)):
             np.savetxt(folder / "axis_align.txt", self.axis_align)
         return folder
+
+
+@functools.lru_cache(maxsize=4096)
+def processed_frame_stems(folder: str) -> tuple[str, ...]:
+    """Sorted stems of a processed-data scene's frames that have a finite pose (the authors'
+    exporter skips the others). Cached: training reads the same scenes many times."""
+    root = Path(folder)
+    colors = sorted((root / "color").glob("*.jpg")) + sorted((root / "color").glob("*.png"))
+    if not colors:
+        raise ValueError(f"{folder}: no color/*.jpg frames (processed-data layout expected)")
+    stems = []
+    for c in colors:
+        pose_file = root / "pose" / f"{c.stem}.txt"
+        if not pose_file.is_file():
+            raise ValueError(f"{folder}: pose/{c.stem}.txt is missing for {c.name}")
+        if np.all(np.isfinite(np.loadtxt(pose_file))):
+            stems.append(c.stem)
+    if not stems:
+        raise ValueError(f"{folder}: no frame has a finite pose")
+    return tuple(stems)
 
 
 def load_3dmatch(folder, names=None) -> Scene:

@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from gs_reasoner_ros.evaluation import metrics as M
+from gs_reasoner_ros.scene import Scene
 
 TASKS = ("vsibench", "scanrefer", "multi3drefer", "scanqa", "sqa3d")
 
@@ -159,13 +160,12 @@ class ReasonerAnswerer:
         self._scene = (None, None)
 
     def scene(self, key: str):
-        from gs_reasoner_ros.training.data import load_scene_frames
 
         if self._scene[0] != key:
             folder = self.data_root / key
             if not folder.is_dir():
                 raise ValueError(f"scene folder {folder} does not exist")
-            self._scene = (key, load_scene_frames(folder, self.num_frames))
+            self._scene = (key, Scene.load_processed(folder, count=self.num_frames))
         return self._scene[1]
 
     def __call__(self, sample: dict, task: str) -> str:

@@ -29,7 +29,6 @@ import copy
 import json
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -231,51 +230,6 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
-# ---- scenes ----------------------------------------------------------------------
-
-
-@lru_cache(maxsize=64)
-def _frame_list(folder: str) -> tuple[str, ...]:
-    """Stems of the frames with a finite pose (the authors skip the others), sorted."""
-    root = Path(folder)
-    colors = sorted((root / "color").glob("*.jpg")) + sorted((root / "color").glob("*.png"))
-    if not colors:
-        raise ValueError(f"{folder}: no color/*.jpg frames (processed-data layout expected)")
-    stems = []
-    for c in colors:
-        pose_file = root / "pose" / f"{c.stem}.txt"
-        if not pose_file.is_file():
-            raise ValueError(f"{folder}: pose/{c.stem}.txt is missing")
-        if np.all(np.isfinite(np.loadtxt(pose_file))):
-            stems.append(c.stem)
-    return tuple(stems)
-
-
-def load_scene_frames(folder: str | os.PathLike, count: int) -> Scene:
-    """`count` frames of a processed-data scene chosen like the authors (np.linspace over the
-    frames, as integers), reading only those frames' files."""
-    import cv2
-
-    folder = Path(folder)
-    stems = _frame_list(str(folder))
-    idx = np.arange(len(stems)) if len(stems) <= count else np.linspace(0, len(stems) - 1, count, dtype=int)
-    rgb, depth, poses = [], [], []
-    for i in idx:
-        stem = stems[i]
-        color = folder / "color" / f"{stem}.jpg"
-        bgr = cv2.imread(str(color if color.is_file() else folder / "color" / f"{stem}.png"), cv2.IMREAD_COLOR)
-        dep = cv2.imread(str(folder / "depth" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
-        if bgr is None or dep is None or dep.dtype != np.uint16:
-            raise ValueError(f"{folder}: cannot read frame {stem} (colour jpg/png, depth uint16 png)")
-        rgb.append(bgr[..., ::-1])
-        depth.append(dep.astype(np.float32) / 1000.0)
-        poses.append(np.loadtxt(folder / "pose" / f"{stem}.txt").reshape(4, 4))
-    k = np.loadtxt(folder / "intrinsic" / "intrinsic_depth.txt").reshape(4, 4)[:3, :3]
-    align_file = folder / "axis_align.txt"
-    align = np.loadtxt(align_file).reshape(4, 4) if align_file.is_file() else np.eye(4)
-    return Scene(np.stack(rgb), np.stack(depth), k, np.stack(poses), align)
-
-
 # ---- one training example ----------------------------------------------------------
 
 
@@ -343,7 +297,7 @@ class SampleBuilder:
         folder = self.data_root / scene_key(sample)
         if not folder.is_dir():
             raise ValueError(f"sample {sample.get('id')!r}: scene folder {folder} does not exist")
-        scene = load_scene_frames(folder, count)
+        scene = Scene.load_processed(folder, count=count)
         pixels, coords = preprocess_frames(scene, np.arange(len(scene)), crop=self.crop)
         aug = self.augmentation(sample, rng)
         coords = aug.apply_points(coords)
