@@ -139,7 +139,16 @@ def load_tokenizer(checkpoint_dir: str | os.PathLike):
     names = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
     if not any(os.path.isfile(os.path.join(checkpoint_dir, n)) for n in names):
         raise ValueError(f"checkpoint folder {checkpoint_dir!r} holds no tokenizer files ({', '.join(names)})")
-    tok = AutoTokenizer.from_pretrained(checkpoint_dir)
+    # AutoTokenizer also reads config.json, whose model_type (llava_qwen) transformers does not
+    # know; its "model of type llava_qwen" warning says nothing about the tokenizer, so hush it.
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        tok = AutoTokenizer.from_pretrained(checkpoint_dir)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     vocab = tok.get_vocab()
     missing = [t for t in (*SPECIAL_TOKENS, *ADDED_TOKENS) if t not in vocab]
     if missing:
