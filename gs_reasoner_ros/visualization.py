@@ -118,7 +118,7 @@ def birds_eye_image(points, colors=None, boxes=(), resolution: float = 0.02, z_m
         below = pts[:, 2] <= z_max
         pts, cols = pts[below], cols[below]
     footprints = [(str(label), box_corners(c, q, s)[:4, :2]) for label, c, q, s in boxes]
-    xy = np.concatenate([pts[:, :2]] + [f for _, f in footprints])
+    xy = np.concatenate([pts[:, :2].astype(np.float64)] + [f for _, f in footprints])
     if len(xy) == 0:  # nothing to draw: a small blank picture around the origin
         xy = np.zeros((1, 2))
     lo, hi = xy.min(axis=0) - margin, xy.max(axis=0) + margin
@@ -127,8 +127,8 @@ def birds_eye_image(points, colors=None, boxes=(), resolution: float = 0.02, z_m
         raise ValueError(f"image would be {width}x{height} pixels: raise the resolution (metres per pixel)")
     image = np.full((height, width, 3), 255, np.uint8)
     if len(pts):
-        col = ((pts[:, 0] - lo[0]) / resolution).astype(int)
-        row = ((hi[1] - pts[:, 1]) / resolution).astype(int)
+        col = ((pts[:, 0].astype(np.float64) - lo[0]) / resolution).astype(int)
+        row = ((hi[1] - pts[:, 1].astype(np.float64)) / resolution).astype(int)
         order = np.argsort(pts[:, 2], kind="stable")
         # Keep the highest point per pixel: after sorting by height, the last one of each pixel.
         pixel = (row * width + col)[order]
