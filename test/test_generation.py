@@ -48,9 +48,10 @@ def naive_greedy(lm, prompt: torch.Tensor, n: int, eos: set[int] = frozenset()):
     return ids, probs, first_logits
 
 
-def test_matches_transformers_generate_and_naive_loop(lm):
+@pytest.mark.parametrize("attention", ["matmul", "sdpa"])
+def test_matches_transformers_generate_and_naive_loop(lm, attention):
     prompt = embeds(37, seed=1)
-    dec = GreedyDecoder(lm, max_cache_len=128)
+    dec = GreedyDecoder(lm, max_cache_len=128, decode_attention=attention)
     dec.warmup()
     ids, probs, last_logits = dec.generate(prompt, max_new_tokens=20)
 

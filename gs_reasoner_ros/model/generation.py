@@ -72,6 +72,9 @@ class GreedyDecoder:
             each further one keeps a copy of its KV (about 0.4 GB per 32-frame prefix).
         prefill_chunk: prefill at most this many tokens per forward pass (bounds activation
             memory); None prefills in one pass.
+        decode_attention: "matmul" (two batched matmuls with an fp32 softmax between, the
+            arithmetic of transformers' eager attention) or "sdpa" (one fused
+            scaled_dot_product_attention call with an additive mask).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class GreedyDecoder:
         compile: bool | str = False,
         max_prefixes: int = 1,
         prefill_chunk: int | None = None,
+        decode_attention: str = "matmul",
     ) -> None:
         for attr in ("model", "lm_head", "config"):
             if not hasattr(lm, attr):
@@ -95,6 +99,8 @@ class GreedyDecoder:
             raise ValueError(f"max_prefixes must be >= 1, got {max_prefixes}")
         if prefill_chunk is not None and prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be positive or None, got {prefill_chunk}")
+        if decode_attention not in ("matmul", "sdpa"):
+            raise ValueError(f"decode_attention must be 'matmul' or 'sdpa', got {decode_attention!r}")
         if compile not in (False, True, "reduce-overhead"):
             raise ValueError(f"compile must be False, True or 'reduce-overhead', got {compile!r}")
 
@@ -111,6 +117,7 @@ class GreedyDecoder:
         self.max_cache_len = -(-max_cache_len // _CACHE_ALIGN) * _CACHE_ALIGN
         self.max_prefixes = max_prefixes
         self.prefill_chunk = prefill_chunk
+        self.decode_attention = decode_attention
 
         if use_cuda_graphs == "auto":
             use_cuda_graphs = self.device.type == "cuda"
@@ -131,6 +138,8 @@ class GreedyDecoder:
         self._resident: Hashable | None = None  # key whose KV sits in the static cache
         self._prefixes: OrderedDict[Hashable, tuple[int, Tensor | None]] = OrderedDict()
         self.warmup_s: float | None = None
+        # Of the latest generate(): prefill_s (prompt + first token), decode_s (the other tokens).
+        self.last_timings: dict = {}
 
     # ------------------------------------------------------------------ buffers
     def _alloc_buffers(self) -> None:
@@ -220,14 +229,23 @@ class GreedyDecoder:
         for i, layer in enumerate(self.layers):
             q, k, v = self._attention_qkv(layer, layer.input_layernorm(x), cos, sin)
             keys, values = self._kv[i, 0], self._kv[i, 1]
-            keys.index_copy_(2, pos, k)
-            values.index_copy_(2, pos, v)
-            # The `groups` query heads sharing a kv head act as `groups` query rows against it:
-            # two batched matmuls over the cache instead of materialising repeated keys.
+            if self.compile:  # inductor re-inplaces index_put_; index_copy_ may copy the cache
+                keys[:, :, pos] = k
+                values[:, :, pos] = v
+            else:  # index_copy_ never synchronises, so it is safe inside a CUDA graph capture
+                keys.index_copy_(2, pos, k)
+                values.index_copy_(2, pos, v)
+            # The `groups` query heads sharing a kv head act as `groups` query rows against it,
+            # so the cache is read once per kv head instead of once per query head.
             qg = q.reshape(1, self.num_kv_heads, self.groups, self.head_dim)
-            scores = torch.matmul(qg, keys.transpose(-1, -2)) * self.scaling
-            probs = torch.softmax(scores.float() + bias, dim=-1).to(values.dtype)
-            o = torch.matmul(probs, values).reshape(1, 1, self.num_heads * self.head_dim)
+            if self.decode_attention == "sdpa":
+                o = F.scaled_dot_product_attention(qg, keys, values, attn_mask=bias.to(qg.dtype).view(1, 1, 1, -1),
+                                                   scale=self.scaling)
+            else:
+                scores = torch.matmul(qg, keys.transpose(-1, -2)) * self.scaling
+                probs = torch.softmax(scores.float() + bias, dim=-1).to(values.dtype)
+                o = torch.matmul(probs, values)
+            o = o.reshape(1, 1, self.num_heads * self.head_dim)
             x = x + layer.self_attn.o_proj(o)
             x = self._mlp_block(layer, x)
         logits = self._logits(x)
@@ -388,6 +406,7 @@ class GreedyDecoder:
         if start == 0:
             self._release_resident()
 
+        t0 = time.perf_counter()
         logits = self._logits(self._prefill(embeds, start))
         first = torch.argmax(logits)
         ids = torch.empty(max_new_tokens, dtype=torch.long, device=self.device)
@@ -396,8 +415,18 @@ class GreedyDecoder:
         probs[0] = torch.exp(logits.max() - torch.logsumexp(logits, dim=-1))
         self._tok.copy_(first.view(1, 1))
         self._pos.fill_(start + T)
+        self._sync()  # one sync per request, so prefill and decode times are separable
+        t1 = time.perf_counter()
         n = self._decode_loop(ids, probs, max_new_tokens, eos)
-        return Generation(ids[:n].cpu(), probs[:n].cpu(), logits.cpu())
+        result = Generation(ids[:n].cpu(), probs[:n].cpu(), logits.cpu())
+        t2 = time.perf_counter()
+        self.last_timings = dict(prompt_tokens=start + T, prefilled_tokens=T, new_tokens=n,
+                                 prefill_s=t1 - t0, decode_s=t2 - t1)
+        return result
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _decode_loop(self, ids: Tensor, probs: Tensor, max_new: int, eos: set[int]) -> int:
         """Decode tokens 1..max_new-1 into ids/probs; returns how many tokens are valid."""

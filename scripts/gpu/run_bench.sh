@@ -1,0 +1,27 @@
+#!/bin/bash
+# One call on the GPU machine: the language-model bench with decode variants and the correctness
+# check, the kernel profile, the full end-to-end bench, and the mapping bench. Everything lands in
+# $OUT/results.tgz (the device tool returns at most 8 files); a digest goes to stdout.
+#   OUT=/tmp/o bash scripts/gpu/run_bench.sh
+set -u
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/bench_out}
+RES=$(mktemp -d)
+cd "$(dirname "$0")/../.."
+{ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv
+  python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"; } \
+  > "$RES/env.txt" 2>&1
+step() {  # name timeout command...
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$RES/$name.out" 2> "$RES/$name.log"
+  echo "== $name rc=$? $((SECONDS - t0)) s" | tee -a "$RES/steps.txt"
+}
+step llm "${T_LLM:-240}" python3 -m gs_reasoner_ros.cli bench gpu --llm-only --check \
+  --variants "${VARIANTS:-eager,compile,graph-sdpa,reduce-overhead}" --json
+step prof "${T_PROF:-110}" python3 scripts/gpu/profile_llm.py --out "$RES/prof"
+step full "${T_FULL:-170}" python3 -m gs_reasoner_ros.cli bench gpu --check --json
+step mapping "${T_MAP:-40}" python3 -m gs_reasoner_ros.cli bench mapping --json
+tar czf "$OUT/results.tgz" -C "$RES" .
+cat "$RES/env.txt" "$RES/steps.txt"
+for f in llm prof full mapping; do echo "---- $f"; grep -v Warning "$RES/$f.log" | tail -n 12; tail -c 2500 "$RES/$f.out"; echo; done
