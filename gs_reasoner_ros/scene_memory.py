@@ -19,6 +19,7 @@ from .geometry import check_intrinsics, check_transform
 from .scene import Scene
 
 _EMPTY = -1
+_GONE = -2  # tombstone of an evicted key: probing walks past it, inserting never reuses it
 _BITS = 21  # per axis: +-2**20 voxels (+-21 km at 2 cm)
 _OFFSET = 1 << (_BITS - 1)
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: top bits of key * 2**64/phi
@@ -160,8 +161,8 @@ class VoxelMap:
 
     # -- storage --
     # Per voxel (dense slots 0.._n-1): its packed key, the sum of its points' offsets inside the
-    # voxel in 1/_FRAC voxel steps, the sum of colours, the point count and the integration tick
-    # when it was last seen. A hash table maps keys to slots.
+    # voxel in 1/_FRAC voxel steps, the sum of colours, the point count, the integration tick
+    # when it was last seen and its position in the hash table, which maps keys to slots.
 
     def _reset(self) -> None:
         self._n = 0
@@ -170,13 +171,14 @@ class VoxelMap:
         self.evicted = 0
         self._keys = None
         self._alloc(1 << 16)
-        self._new_table(1 << 17)
+        self._new_table(min(1 << 17, 1 << max(10, (4 * self.max_voxels - 1).bit_length())))
 
     def _alloc(self, capacity: int) -> None:
         """(Re)size the dense per-voxel arrays, keeping the first _n entries."""
         fields = dict(_keys=((capacity,), np.int64), _sum_offset=((capacity, 3), np.float64),
                       _sum_rgb=((capacity, 3), np.float64), _count=((capacity,), np.float64),
-                      _seen=((capacity,), np.int64), _scratch=((capacity,), np.int64))
+                      _seen=((capacity,), np.int64), _tpos=((capacity,), np.int64),
+                      _scratch=((capacity,), np.int64))
         keep = self._keys is not None
         for name, (shape, dtype) in fields.items():
             arr = np.zeros(shape, dtype)
@@ -189,8 +191,10 @@ class VoxelMap:
         self._tbits = int(size).bit_length() - 1
         self._tkeys = np.full(size, _EMPTY, np.int64)
         self._tslot = np.full(size, _EMPTY, np.int64)
+        self._gone = 0  # tombstones in the table
         if self._n:
-            self._tslot[self._probe(self._keys[: self._n])] = np.arange(self._n)
+            self._tpos[: self._n] = self._probe(self._keys[: self._n])
+            self._tslot[self._tpos[: self._n]] = np.arange(self._n)
 
     def _grow_table(self, entries: int) -> None:
         size = len(self._tkeys)
@@ -300,7 +304,7 @@ class VoxelMap:
         self._seen[touched] = self._tick
         if self._n > self.max_voxels:
             self._evict()
-        if 2 * self._n > len(self._tkeys):  # keep the load factor <= 1/2 so probe chains stay short
+        if 2 * (self._n + self._gone) > len(self._tkeys):  # load <= 1/2 keeps probe chains short
             self._grow_table(self._n)
 
     def _hash(self, keys: np.ndarray) -> np.ndarray:
@@ -329,7 +333,7 @@ class VoxelMap:
 
     def _slots(self, keys: np.ndarray) -> np.ndarray:
         """Dense voxel slot of every key, creating slots for new voxels."""
-        if self._n + len(keys) >= len(self._tkeys):  # probing must always find an empty slot
+        if self._n + self._gone + len(keys) >= len(self._tkeys):  # probing must always meet an empty slot
             self._grow_table(self._n + len(keys))
         pos = self._probe(keys)
         slot = self._tslot[pos]
@@ -347,25 +351,40 @@ class VoxelMap:
                 self._alloc(capacity)
             fresh = self._n + np.arange(count)
             self._tslot[new_pos[first]] = fresh
+            self._tpos[fresh] = new_pos[first]
             self._keys[fresh] = keys[new[first]]
             self._n += count
             slot = self._tslot[pos]
         return slot
 
     def _evict(self) -> None:
-        """Drop voxels down to 90 % of the cap by the eviction policy, then rebuild the table."""
+        """Drop voxels down to 90 % of the cap by the eviction policy. Costs O(evicted), not
+        O(map): evicted keys become tombstones, and the kept voxels from the tail of the dense
+        arrays move into the holes. The table is rebuilt only when tombstones fill its headroom,
+        which is why it is sized for 2.5x the cap once eviction starts."""
         n, keep_n = self._n, int(self.max_voxels * 0.9)
         if self.eviction == "oldest":
             score = -self._seen[:n].astype(np.float64)  # low score = keep
         else:
             score = np.linalg.norm(self._centroids() - self._last_origin, axis=1)
-        keep = np.sort(np.argpartition(score, keep_n)[:keep_n]) if keep_n > 0 else np.zeros(0, np.int64)
-        for name in ("_keys", "_sum_offset", "_sum_rgb", "_count", "_seen"):
+        drop = np.argpartition(score, keep_n)[keep_n:] if keep_n > 0 else np.arange(n)
+        self._tkeys[self._tpos[drop]] = _GONE
+        self._gone += len(drop)
+        holes = np.sort(drop[drop < keep_n])
+        keep_mask = np.ones(n - keep_n, bool)
+        keep_mask[drop[drop >= keep_n] - keep_n] = False
+        movers = keep_n + np.flatnonzero(keep_mask)  # kept voxels beyond keep_n, as many as holes
+        for name in ("_keys", "_sum_offset", "_sum_rgb", "_count", "_seen", "_tpos"):
             arr = getattr(self, name)
-            arr[:keep_n] = arr[keep]
+            arr[holes] = arr[movers]
+        self._tslot[self._tpos[holes]] = holes
         self.evicted += n - keep_n
         self._n = keep_n
-        self._new_table(len(self._tkeys))
+        size = len(self._tkeys)
+        while size < 2.5 * self.max_voxels:
+            size *= 2
+        if size > len(self._tkeys) or 2 * (self._n + self._gone) > size:
+            self._new_table(size)
 
     # -- read-out --
 
