@@ -396,6 +396,8 @@ class ReasonerNode(LifecycleNode):
                 outcome = QueryOutcome(False, f"internal error: {type(err).__name__}: {err}")
         self.health.count("queries_served" if outcome.success else "queries_failed")
         if outcome.success:
+            self.get_logger().info(f"answered {getattr(request, 'task', '?')} query in {outcome.latency_s:.2f} s: "
+                                   f"{len(outcome.objects)} objects, answer {outcome.answer[:80]!r}")
             self.health.set("last_query_latency_s", round(outcome.latency_s, 3))
             try:
                 self._publish_markers(outcome)
