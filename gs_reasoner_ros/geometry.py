@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 # ---- validation helpers --------------------------------------------------------------
 
-def _array(x, name: str, shape: tuple | None = None, finite: bool = True) -> np.ndarray:
+def as_array(x, name: str, shape: tuple | None = None, finite: bool = True) -> np.ndarray:
     """`x` as float64, with a ValueError naming `name` when the shape or values are wrong.
     `shape` may contain -1 for any length and a leading Ellipsis for any batch dims."""
     try:
@@ -43,7 +43,7 @@ def _shape_text(shape: tuple) -> str:
 
 def check_intrinsics(K) -> np.ndarray:
     """K as a float64 (3,3) pinhole matrix; ValueError unless fx, fy > 0 and all entries finite."""
-    K = _array(K, "K", (3, 3))
+    K = as_array(K, "K", (3, 3))
     if K[0, 0] <= 0 or K[1, 1] <= 0:
         raise ValueError(f"K must have positive focal lengths, got fx={K[0, 0]}, fy={K[1, 1]}")
     return K
@@ -51,7 +51,7 @@ def check_intrinsics(K) -> np.ndarray:
 
 def check_transform(T, name: str = "T", tol: float = 1e-4) -> np.ndarray:
     """T as a float64 (4,4) rigid transform; ValueError if it is not finite or not rigid."""
-    T = _array(T, name, (4, 4))
+    T = as_array(T, name, (4, 4))
     if not is_rigid(T, tol):
         raise ValueError(f"{name} is not a rigid transform (rotation must be orthonormal with det +1, "
                          f"last row 0 0 0 1)")
@@ -86,14 +86,14 @@ def unproject_depth(depth, K, stride: int = 1) -> np.ndarray:
 
 def transform_points(T, pts) -> np.ndarray:
     """Apply the 4x4 transform T to points of shape (...,3). NaN points stay NaN."""
-    T = _array(T, "T", (4, 4))
-    p = _array(pts, "pts", (Ellipsis, 3), finite=False)
+    T = as_array(T, "T", (4, 4))
+    p = as_array(pts, "pts", (Ellipsis, 3), finite=False)
     return p @ T[:3, :3].T + T[:3, 3]
 
 
 def matrix_from_quat(q) -> np.ndarray:
     """Rotation matrix (3,3) of a quaternion (x, y, z, w); the quaternion is normalised first."""
-    q = _array(q, "quaternion", (4,))
+    q = as_array(q, "quaternion", (4,))
     n = np.linalg.norm(q)
     if n < 1e-12:
         raise ValueError("quaternion has zero length")
@@ -110,7 +110,7 @@ def quat_from_matrix(R, tol: float = 1e-3) -> np.ndarray:
 
     Uses the largest of the four candidate pivots (Shepperd), so it is accurate near 180-degree
     rotations too. Rejects matrices that are not rotations within `tol`."""
-    R = _array(R, "rotation", (3, 3))
+    R = as_array(R, "rotation", (3, 3))
     if np.abs(R @ R.T - np.eye(3)).max() > tol or np.linalg.det(R) < 0:
         raise ValueError("matrix is not a rotation (must be orthonormal with det +1)")
     tr = np.trace(R)
@@ -137,7 +137,7 @@ def make_transform(translation, quat) -> np.ndarray:
     """4x4 transform from a translation (3,) and a quaternion (x, y, z, w)."""
     T = np.eye(4)
     T[:3, :3] = matrix_from_quat(quat)
-    T[:3, 3] = _array(translation, "translation", (3,))
+    T[:3, 3] = as_array(translation, "translation", (3,))
     return T
 
 
@@ -154,7 +154,7 @@ def is_rigid(T, tol: float = 1e-6) -> bool:
 
 def invert_transform(T) -> np.ndarray:
     """Inverse of a rigid 4x4 transform (transpose the rotation rather than a general inverse)."""
-    T = _array(T, "T", (4, 4))
+    T = as_array(T, "T", (4, 4))
     inv = np.eye(4)
     inv[:3, :3] = T[:3, :3].T
     inv[:3, 3] = -T[:3, :3].T @ T[:3, 3]
@@ -174,8 +174,8 @@ def rotation_z(yaw: float) -> np.ndarray:
 def aabb_iou(min_a, max_a, min_b, max_b) -> float:
     """Intersection over union of two axis-aligned 3D boxes given by their corners.
     Boxes of zero volume give 0."""
-    lo_a, hi_a = _array(min_a, "min_a", (3,)), _array(max_a, "max_a", (3,))
-    lo_b, hi_b = _array(min_b, "min_b", (3,)), _array(max_b, "max_b", (3,))
+    lo_a, hi_a = as_array(min_a, "min_a", (3,)), as_array(max_a, "max_a", (3,))
+    lo_b, hi_b = as_array(min_b, "min_b", (3,)), as_array(max_b, "max_b", (3,))
     if np.any(hi_a < lo_a) or np.any(hi_b < lo_b):
         raise ValueError("box max must be >= box min on every axis")
     inter = np.prod(np.clip(np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b), 0.0, None))
@@ -186,8 +186,8 @@ def aabb_iou(min_a, max_a, min_b, max_b) -> float:
 def box_corners(center, quat, size) -> np.ndarray:
     """The 8 corners (8,3) of an oriented box. Corner i has the sign of bit 0 of i on the box's x
     axis, bit 1 on y and bit 2 on z (0 = minus), so corners 0-3 are the bottom face."""
-    c = _array(center, "center", (3,))
-    s = _array(size, "size", (3,))
+    c = as_array(center, "center", (3,))
+    s = as_array(size, "size", (3,))
     if np.any(s < 0):
         raise ValueError(f"box size must be non-negative, got {s}")
     bits = (np.arange(8)[:, None] >> np.arange(3)) & 1
@@ -203,7 +203,7 @@ def box_edges() -> np.ndarray:
 def aligned_box_to_world(box_min, box_max, A) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(center (3,), quat xyzw, size (3,)) in the world frame of the box [box_min, box_max] that is
     axis-aligned in the model frame, where A maps world -> model."""
-    lo, hi = _array(box_min, "box_min", (3,)), _array(box_max, "box_max", (3,))
+    lo, hi = as_array(box_min, "box_min", (3,)), as_array(box_max, "box_max", (3,))
     if np.any(hi < lo):
         raise ValueError(f"box_max {hi} must be >= box_min {lo} on every axis")
     world_from_model = invert_transform(check_transform(A, "A"))
@@ -260,7 +260,7 @@ def _cell_normals(points: np.ndarray, cell: float, min_count: int = 8):
     return evecs[flat, :, 0], counts[keep][flat].astype(np.float64)
 
 
-def estimate_alignment(points, up=(0.0, 0.0, 1.0), *, cell: float = 0.1, gravity_tol_deg: float = 5.0,
+def estimate_alignment(points, up=(0.0, 0.0, 1.0), *, cell: float | None = None, gravity_tol_deg: float = 5.0,
                        max_points: int = 200_000, seed: int = 0, return_info: bool = False):
     """The 4x4 transform A (world -> model frame) that GS-Reasoner expects: z along `up`,
     dominant walls parallel to x and y, origin at the cloud's centroid in x and y.
@@ -269,27 +269,34 @@ def estimate_alignment(points, up=(0.0, 0.0, 1.0), *, cell: float = 0.1, gravity
     floor near z = 0, like the axis-aligned ScanNet scenes that dominate the training data; the
     model tolerates origin offsets (its training adds +-1 m shifts).
 
-    How: local-PCA normals of flat 10 cm cells; each near-vertical plane votes with its area for
+    How: local-PCA normals of flat cells (`cell` metres; by default 10 cm, doubled up to 40 cm
+    while fewer than 30 % of the points lie in flat cells, as on coarse or sparse maps); each
+    near-vertical plane votes with its area for
     its normal's horizontal angle modulo 90 degrees (a circular histogram over 4*angle), the peak
     is refined by a weighted circular mean. Horizontal planes give the gravity check: when their
     normal is more than `gravity_tol_deg` from `up` the alignment is still returned but the info
     says so and a warning is logged. Points beyond `max_points` are subsampled with `seed`.
 
     Returns A, or (A, AlignmentInfo) with return_info=True."""
-    pts = _array(points, "points", (-1, 3), finite=False)
+    pts = as_array(points, "points", (-1, 3), finite=False)
     pts = pts[np.all(np.isfinite(pts), axis=1)]
     if len(pts) == 0:
         raise ValueError("estimate_alignment needs at least one finite point")
-    up = _array(up, "up", (3,))
+    up = as_array(up, "up", (3,))
     if np.linalg.norm(up) < 1e-9:
         raise ValueError("up must be a non-zero vector")
-    if cell <= 0:
+    if cell is not None and not cell > 0:
         raise ValueError(f"cell must be positive, got {cell}")
     if len(pts) > max_points:
         pts = pts[np.random.default_rng(seed).choice(len(pts), max_points, replace=False)]
     R_up = _rotation_to_z(up / np.linalg.norm(up))
     p = pts @ R_up.T  # up is now +z
-    normals, weights = (_cell_normals(p, cell) if len(p) >= 8 else (np.zeros((0, 3)), np.zeros(0)))
+    normals, weights = np.zeros((0, 3)), np.zeros(0)
+    for size in ([cell] if cell is not None else [0.1, 0.2, 0.4]):
+        if len(p) >= 8:
+            normals, weights = _cell_normals(p, size)
+        if weights.sum() >= 0.3 * len(p):
+            break
 
     horizontal = np.abs(normals[:, 2]) > np.cos(np.deg2rad(20))
     gravity_err = float("nan")
@@ -318,6 +325,24 @@ def estimate_alignment(points, up=(0.0, 0.0, 1.0), *, cell: float = 0.1, gravity
                     "gravity-aligned z-up world", gravity_err)
     info = AlignmentInfo(float(np.degrees(yaw)), walls, support, gravity_err, gravity_ok, "; ".join(parts))
     return (A, info) if return_info else A
+
+
+def camera_up(poses) -> tuple[np.ndarray, float]:
+    """The world's up direction as the cameras see it: minus the mean of the optical y axes
+    (y is down in the image) of camera-to-world poses (N,4,4), and how far (degrees) it is from
+    the most tilted camera's own up. Cameras rarely roll, so this catches a world whose up axis
+    is not z, which the plane-based gravity check cannot (turned 90 degrees, walls look like
+    floors). Compare it with (0, 0, 1) before trusting `estimate_alignment`."""
+    T = as_array(poses, "poses", (-1, 4, 4))
+    if len(T) == 0:
+        raise ValueError("camera_up needs at least one pose")
+    downs = T[:, :3, 1]
+    mean = downs.mean(axis=0)
+    if np.linalg.norm(mean) < 1e-6:
+        raise ValueError("camera y axes cancel out: no consistent up direction")
+    up = -mean / np.linalg.norm(mean)
+    spread = float(np.degrees(np.arccos(np.clip((-downs @ up).min(), -1.0, 1.0))))
+    return up, spread
 
 
 def _wall_yaw(normals: np.ndarray, weights: np.ndarray) -> tuple[float, float, bool]:

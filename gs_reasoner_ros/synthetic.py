@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .geometry import _array, check_intrinsics, check_transform, invert_transform, quat_from_matrix, rotation_z
+from .geometry import as_array, check_intrinsics, check_transform, invert_transform, quat_from_matrix, rotation_z
 from .scene import Scene
 
 # label: (size along the wall / x, depth / y, height ranges in metres, RGB, placement, mount height)
@@ -82,7 +82,7 @@ def make_room(seed: int = 0, yaw_deg: float = 0.0, offset=(0.0, 0.0, 0.0), n_obj
         objects.append((str(label), *box))
         tint = rng.integers(-15, 16, 3)
         colors.append(np.clip(np.array(CATALOGUE[label][3]) + tint, 0, 255).astype(np.uint8))
-    return Room(size, objects, colors, float(np.deg2rad(yaw_deg)), _array(offset, "offset", (3,)))
+    return Room(size, objects, colors, float(np.deg2rad(yaw_deg)), as_array(offset, "offset", (3,)))
 
 
 def _place(rng, label, size, objects, tries: int = 60):
@@ -191,7 +191,7 @@ def _shade(room: Room, surface: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 def look_at(position, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
     """Camera-to-world optical pose (x right, y down, z forward) at `position` looking at `target`."""
-    p, tgt, up = _array(position, "position", (3,)), _array(target, "target", (3,)), _array(up, "up", (3,))
+    p, tgt, up = as_array(position, "position", (3,)), as_array(target, "target", (3,)), as_array(up, "up", (3,))
     forward = tgt - p
     if np.linalg.norm(forward) < 1e-9:
         raise ValueError("look_at target must differ from the position")

@@ -226,6 +226,32 @@ def test_alignment_recovers_room_yaw_and_boxes_return_to_world(yaw_deg):
         assert d.max() < 0.06 * max(size), label
 
 
+def test_alignment_on_a_sparse_cloud_picks_larger_cells():
+    points, _ = room_cloud(-37.0)
+    _, first = np.unique(np.floor(points / 0.05).astype(np.int64), axis=0, return_index=True)
+    sparse = points[first]  # one point per 5 cm voxel, like a coarse map
+    _, info = g.estimate_alignment(sparse, return_info=True)
+    assert info.walls_found and abs(angle_mod_90(info.yaw_deg + 37.0)) < 2.0
+    _, fixed = g.estimate_alignment(sparse, cell=0.1, return_info=True)
+    assert not fixed.walls_found  # what a fixed 10 cm cell would have done
+
+
+def test_camera_up_from_poses():
+    room = make_room(0)
+    poses = camera_path(room, 16)  # cameras pitched 10-20 degrees down, no roll
+    up, spread = g.camera_up(poses)
+    # the pitch varies along the loop (15 +- 5 degrees), so the tilts cancel only roughly
+    assert np.degrees(np.arccos(up[2])) < 5.0
+    assert 9.0 < spread < 25.0
+    y_up = np.diag([1.0, 1.0, 1.0, 1.0])
+    y_up[:3, :3] = rodrigues([1, 0, 0], -np.pi / 2)  # the same cameras in a world whose up is +y
+    up_y, _ = g.camera_up(y_up @ poses)
+    np.testing.assert_allclose(up_y, y_up[:3, :3] @ up, atol=1e-9)
+    assert up_y[1] > 0.99
+    with pytest.raises(ValueError, match="at least one pose"):
+        g.camera_up(np.zeros((0, 4, 4)))
+
+
 def test_alignment_reports_a_tilted_world(caplog):
     points, _ = room_cloud(15.0, views=4)
     tilt = g.make_transform([0, 0, 0], np.append(np.sin(np.deg2rad(5)) * np.array([1.0, 0, 0]),
