@@ -91,3 +91,28 @@ def test_bad_override_fails_at_declaration(ctx):
             params.declare(node)
     finally:
         node.destroy_node()
+
+
+def test_launch_file_compiles_and_exposes_the_arguments():
+    import ast
+    import py_compile
+
+    path = REPO / "launch" / "reasoner.launch.py"
+    py_compile.compile(str(path), doraise=True)  # never imported: launch/launch_ros are absent here
+    declared = {node.args[0].value for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument"}
+    assert {"params_file", "namespace", "use_sim_time", "world_frame", "checkpoint", "device"} <= declared
+
+
+def test_fastdds_profile_is_shipped_and_used_only_when_unset(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from gs_reasoner_ros.ros import dds
+
+    root = ET.parse(dds.bundled_profile()).getroot()
+    sizes = [int(e.text) for e in root.iter() if e.tag.endswith("segment_size")]
+    assert sizes == [64 * 1024 * 1024]
+    env = {}
+    assert dds.use_bundled_fastdds_profile(env) == dds.bundled_profile() == env[dds.PROFILE_ENV]
+    mine = {dds.PROFILE_ENV: str(tmp_path / "mine.xml")}
+    assert dds.use_bundled_fastdds_profile(mine) is None and mine[dds.PROFILE_ENV].endswith("mine.xml")

@@ -466,7 +466,11 @@ def run(argv=None, reasoner_factory=None) -> int:
     dds.use_bundled_fastdds_profile()
     # rclpy handles SIGINT only: its SIGTERM handling is racy (hangs, RCLError); ours raises
     # KeyboardInterrupt in the main thread, which the bounded spin loop below turns into an exit.
-    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.SIGINT)
+    try:
+        rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.SIGINT)
+    except Exception as err:  # noqa: BLE001 (rcl's parser reports malformed --ros-args this way)
+        print(f"reasoner_node: cannot start ROS: {err}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)
     node, executor, status = None, None, 0
     try:
