@@ -6,10 +6,12 @@ query thread, so every public method takes the object's lock.
 
 The voxel map is a persistent open-addressing hash (linear probing, vectorised over a whole
 frame in numpy) from packed integer voxel coordinates to dense slots holding running sums. A
-frame costs O(its pixels), never O(map size): nothing is re-sorted or re-scanned per frame.
+frame costs O(its pixels), never O(map size): nothing is re-sorted or re-scanned per frame, and
+eviction costs O(evicted voxels). TorchVoxelMap runs the same algorithm on torch tensors (CUDA).
 """
 from __future__ import annotations
 
+import itertools
 import threading
 from dataclasses import dataclass
 
@@ -23,6 +25,7 @@ _GONE = -2  # tombstone of an evicted key: probing walks past it, inserting neve
 _BITS = 21  # per axis: +-2**20 voxels (+-21 km at 2 cm)
 _OFFSET = 1 << (_BITS - 1)
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: top bits of key * 2**64/phi
+_HASH_MUL_SIGNED = int(_HASH_MUL) - (1 << 64)  # the same bits as int64, for torch
 _FIELD = (1 << _BITS) - 1
 # Run sums pack three 21-bit fields in one int64: a point's offset inside its voxel in steps of
 # 1/2048 voxel (11 bits; 0.01 mm at 2 cm) or a colour channel (8 bits), times at most 1023
@@ -76,7 +79,14 @@ class VoxelMap:
     ("oldest") or those farthest from the last camera ("farthest") down to 90 % of the cap, so
     the cost of compacting is paid once per many frames.
 
-    Only `device="cpu"` (numpy) exists; a CUDA version would port the same algorithm to torch."""
+    device="cpu" runs on numpy; device="cuda" (or "cuda:N") gives a TorchVoxelMap, the same
+    algorithm on torch tensors. Read-outs are numpy arrays either way."""
+
+    def __new__(cls, *args, **kwargs):
+        device = kwargs.get("device", args[4] if len(args) > 4 else "cpu")
+        if cls is VoxelMap and isinstance(device, str) and device.startswith("cuda"):
+            cls = TorchVoxelMap
+        return super().__new__(cls)
 
     def __init__(self, voxel_size: float = 0.02, max_voxels: int = 2_000_000, eviction: str = "oldest",
                  max_depth: float | None = None, device: str = "cpu"):
@@ -86,8 +96,7 @@ class VoxelMap:
             raise ValueError(f"max_voxels must be positive, got {max_voxels}")
         if max_depth is not None and not max_depth > 0:
             raise ValueError(f"max_depth must be positive or None, got {max_depth}")
-        if device != "cpu":
-            raise ValueError(f"VoxelMap runs on device 'cpu' only, got {device!r}")
+        self.device = self._check_device(device)
         self.voxel_size = float(voxel_size)
         self.max_voxels = int(max_voxels)
         self.eviction = _check_eviction(eviction)
@@ -138,17 +147,17 @@ class VoxelMap:
     def points(self) -> np.ndarray:
         """(M,3) float32 voxel centroids (running average of the points in each voxel)."""
         with self._lock:
-            return self._centroids().astype(np.float32)
+            return self._numpy(self._centroids()).astype(np.float32)
 
     def colors(self) -> np.ndarray:
         """(M,3) uint8 average colour of each voxel, in the order of points()."""
         with self._lock:
-            return self._mean_colors()
+            return self._numpy(self._mean_colors())
 
     def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
         """(points, colors) taken under one lock, so they always match."""
         with self._lock:
-            return self._centroids().astype(np.float32), self._mean_colors()
+            return self._numpy(self._centroids()).astype(np.float32), self._numpy(self._mean_colors())
 
     def __len__(self) -> int:
         with self._lock:
@@ -158,6 +167,18 @@ class VoxelMap:
         """Forget every voxel."""
         with self._lock:
             self._reset()
+
+    # -- backend hooks (numpy here; TorchVoxelMap overrides them) --
+
+    @staticmethod
+    def _check_device(device) -> str:
+        if device != "cpu":
+            raise ValueError(f"VoxelMap device must be 'cpu' (numpy) or 'cuda[:N]' (torch), got {device!r}")
+        return device
+
+    @staticmethod
+    def _numpy(array) -> np.ndarray:
+        return array
 
     # -- storage --
     # Per voxel (dense slots 0.._n-1): its packed key, the sum of its points' offsets inside the
@@ -189,6 +210,7 @@ class VoxelMap:
     def _new_table(self, size: int) -> None:
         """A fresh hash table of `size` (a power of two) slots holding the current voxels."""
         self._tbits = int(size).bit_length() - 1
+        self._tsize = size
         self._tkeys = np.full(size, _EMPTY, np.int64)
         self._tslot = np.full(size, _EMPTY, np.int64)
         self._gone = 0  # tombstones in the table
@@ -197,7 +219,7 @@ class VoxelMap:
             self._tslot[self._tpos[: self._n]] = np.arange(self._n)
 
     def _grow_table(self, entries: int) -> None:
-        size = len(self._tkeys)
+        size = self._tsize
         while 2 * entries > size:
             size *= 2
         self._new_table(size)
@@ -304,7 +326,7 @@ class VoxelMap:
         self._seen[touched] = self._tick
         if self._n > self.max_voxels:
             self._evict()
-        if 2 * (self._n + self._gone) > len(self._tkeys):  # load <= 1/2 keeps probe chains short
+        if 2 * (self._n + self._gone) > self._tsize:  # load <= 1/2 keeps probe chains short
             self._grow_table(self._n)
 
     def _hash(self, keys: np.ndarray) -> np.ndarray:
@@ -333,7 +355,7 @@ class VoxelMap:
 
     def _slots(self, keys: np.ndarray) -> np.ndarray:
         """Dense voxel slot of every key, creating slots for new voxels."""
-        if self._n + self._gone + len(keys) >= len(self._tkeys):  # probing must always meet an empty slot
+        if self._n + self._gone + len(keys) >= self._tsize:  # probing must always meet an empty slot
             self._grow_table(self._n + len(keys))
         pos = self._probe(keys)
         slot = self._tslot[pos]
@@ -380,10 +402,10 @@ class VoxelMap:
         self._tslot[self._tpos[holes]] = holes
         self.evicted += n - keep_n
         self._n = keep_n
-        size = len(self._tkeys)
+        size = self._tsize
         while size < 2.5 * self.max_voxels:
             size *= 2
-        if size > len(self._tkeys) or 2 * (self._n + self._gone) > size:
+        if size > self._tsize or 2 * (self._n + self._gone) > size:
             self._new_table(size)
 
     # -- read-out --
@@ -400,10 +422,249 @@ class VoxelMap:
         return np.rint(self._sum_rgb[:n] / self._count[:n, None]).astype(np.uint8)
 
 
+class TorchVoxelMap(VoxelMap):
+    """VoxelMap on torch tensors (for CUDA): the same hash, run reduction and eviction, with
+    index_add_ (atomics) where numpy uses bincount, and segment sums from a cumulative sum
+    (int64 wrap-around cancels in the difference). Also runs on torch's CPU device, which is
+    how it is tested where no GPU exists."""
+
+    def __init__(self, voxel_size: float = 0.02, max_voxels: int = 2_000_000, eviction: str = "oldest",
+                 max_depth: float | None = None, device: str = "cuda"):
+        super().__init__(voxel_size, max_voxels, eviction, max_depth, device)
+
+    @staticmethod
+    def _check_device(device) -> str:
+        import torch
+
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"bad torch device {device!r}: {err}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("VoxelMap device 'cuda' asked for, but torch sees no CUDA device")
+        if dev.type not in ("cuda", "cpu"):
+            raise ValueError(f"TorchVoxelMap runs on cuda or cpu, got {device!r}")
+        return str(dev)
+
+    @staticmethod
+    def _numpy(array) -> np.ndarray:
+        return array.cpu().numpy()
+
+    def _reset(self) -> None:
+        import torch
+
+        self._torch = torch
+        self._dev = torch.device(self.device)
+        self._keys = None
+        super()._reset()
+
+    def _alloc(self, capacity: int) -> None:
+        torch = self._torch
+        fields = dict(_keys=((capacity,), torch.int64), _sum_offset=((capacity, 3), torch.float64),
+                      _sum_rgb=((capacity, 3), torch.float64), _count=((capacity,), torch.float64),
+                      _seen=((capacity,), torch.int64), _tpos=((capacity,), torch.int64))
+        keep = self._keys is not None
+        for name, (shape, dtype) in fields.items():
+            arr = torch.zeros(shape, dtype=dtype, device=self._dev)
+            if keep:
+                arr[: self._n] = getattr(self, name)[: self._n]
+            setattr(self, name, arr)
+
+    def _new_table(self, size: int) -> None:
+        torch = self._torch
+        self._tbits = int(size).bit_length() - 1
+        self._tsize = size
+        # One extra slot past the end takes the masked-off writes of _probe.
+        self._tkeys = torch.full((size + 1,), _EMPTY, dtype=torch.int64, device=self._dev)
+        self._tslot = torch.full((size + 1,), _EMPTY, dtype=torch.int64, device=self._dev)
+        self._gone = 0
+        if self._n:
+            self._tpos[: self._n] = self._probe(self._keys[: self._n])
+            self._tslot[self._tpos[: self._n]] = torch.arange(self._n, device=self._dev)
+
+    def _frame_points(self, frame: Frame, stride: int) -> tuple[list, object]:
+        torch = self._torch
+        depth = torch.from_numpy(np.ascontiguousarray(frame.depth[::stride, ::stride])).to(self._dev)
+        z = depth.reshape(-1)
+        valid = z > 0
+        if self.max_depth is not None:
+            valid &= z <= self.max_depth
+        scale = 1.0 / self.voxel_size
+        far = np.abs(frame.pose[:3, 3]).max() * scale >= 2 ** 15
+        dtype = torch.float64 if far else torch.float32
+        rx, ry = self._rays(frame.K, frame.depth.shape, stride, np.float64 if far else np.float32)
+        z, rx, ry = z[valid].to(dtype), rx[valid], ry[valid]
+        R = (frame.pose[:3, :3] * scale).tolist()
+        t = (frame.pose[:3, 3] * scale).tolist()
+        xyz = [(rx * R[i][0] + ry * R[i][1] + R[i][2]) * z + t[i] for i in range(3)]
+        hc, wc = frame.rgb.shape[:2]
+        h, w = frame.depth.shape
+        rgb = torch.from_numpy(np.ascontiguousarray(frame.rgb)).to(self._dev)
+        if (hc, wc) == (h, w):
+            cols = rgb[::stride, ::stride].reshape(-1, 3)[valid]
+        else:
+            idx = torch.nonzero(valid).squeeze(1)
+            row, col = idx // len(range(0, w, stride)), idx % len(range(0, w, stride))
+            cols = rgb[torch.clamp(row * stride * hc // h, max=hc - 1), torch.clamp(col * stride * wc // w, max=wc - 1)]
+        return xyz, cols
+
+    def _rays(self, K: np.ndarray, shape: tuple, stride: int, dtype):
+        """The numpy ray tables, kept on the device."""
+        key = ("device", K.tobytes(), shape, stride, dtype)
+        rays = self._ray_cache.get(key)
+        if rays is None:
+            rays = tuple(self._torch.from_numpy(r).to(self._dev) for r in super()._rays(K, shape, stride, dtype))
+            self._ray_cache[key] = rays
+        return rays
+
+    def _voxel_keys(self, xyz: list):
+        torch = self._torch
+        ijk, frac = [], []
+        for c in xyz:
+            cell = torch.floor(c)
+            frac.append(torch.clamp(((c - cell) * _FRAC).to(torch.int64), max=_FRAC - 1))
+            ijk.append(cell.to(torch.int64) + _OFFSET)
+        stacked = torch.stack(ijk)
+        inside = None
+        if bool((stacked.min() < 0) | (stacked.max() > _FIELD)):
+            inside = ((stacked >= 0) & (stacked <= _FIELD)).all(dim=0)
+            ijk, frac = [i[inside] for i in ijk], [f[inside] for f in frac]
+        return _pack(*ijk), _pack(*frac), inside
+
+    def _integrate(self, xyz: list, cols, origin) -> None:
+        torch = self._torch
+        self._tick += 1
+        self._last_origin = np.asarray(origin, dtype=np.float64)
+        if len(cols) == 0:
+            return
+        if isinstance(cols, np.ndarray):  # from integrate(): numpy in, tensors from here on
+            xyz = [torch.from_numpy(np.ascontiguousarray(c)).to(self._dev) for c in xyz]
+            cols = torch.from_numpy(np.ascontiguousarray(cols)).to(self._dev)
+        keys, offsets, inside = self._voxel_keys(xyz)
+        colours = _pack(cols[:, 0], cols[:, 1], cols[:, 2])
+        if inside is not None:
+            colours = colours[inside]
+            if len(keys) == 0:
+                return
+        boundary = torch.ones(len(keys), dtype=torch.bool, device=self._dev)
+        boundary[1:] = keys[1:] != keys[:-1]
+        boundary[::_MAX_RUN] = True
+        starts = torch.nonzero(boundary).squeeze(1)
+        ends = torch.cat([starts[1:], torch.tensor([len(keys)], device=self._dev)])
+        run_count = (ends - starts).to(torch.float64)
+        run_offset = torch.stack(_unpack(_segment_sums(torch, offsets, starts, ends)), 1).to(torch.float64)
+        run_rgb = torch.stack(_unpack(_segment_sums(torch, colours, starts, ends)), 1).to(torch.float64)
+        slot = self._slots(keys[starts])
+        self._count.index_add_(0, slot, run_count)
+        self._sum_offset.index_add_(0, slot, run_offset)
+        self._sum_rgb.index_add_(0, slot, run_rgb)
+        self._seen[slot] = self._tick
+        if self._n > self.max_voxels:
+            self._evict()
+        if 2 * (self._n + self._gone) > self._tsize:
+            self._grow_table(self._n)
+
+    def _hash(self, keys):
+        # int64 multiply wraps like uint64; after the arithmetic shift the mask keeps the top bits
+        return ((keys * _HASH_MUL_SIGNED) >> (64 - self._tbits)) & ((1 << self._tbits) - 1)
+
+    def _probe(self, keys):
+        """As VoxelMap._probe, but on full-length arrays with an activity mask: writes of
+        inactive keys go to the spare slot past the end, so the only host sync per round is
+        the check, every 4 rounds, whether any key is still unresolved (on a GPU each
+        compaction would be one)."""
+        torch = self._torch
+        mask = (1 << self._tbits) - 1
+        spare = self._tsize
+        h = self._hash(keys)
+        active = torch.ones(len(keys), dtype=torch.bool, device=self._dev)
+        for round_ in itertools.count(1):
+            there = self._tkeys[h]
+            claim = active & (there == _EMPTY)
+            self._tkeys[torch.where(claim, h, spare)] = keys
+            active &= self._tkeys[h] != keys
+            h = torch.where(active, (h + 1) & mask, h)
+            if round_ % 4 == 0 and not bool(active.any()):
+                self._tkeys[spare] = _EMPTY
+                return h
+
+    def _slots(self, keys):
+        torch = self._torch
+        if self._n + self._gone + len(keys) >= self._tsize:
+            self._grow_table(self._n + len(keys))
+        pos = self._probe(keys)
+        slot = self._tslot[pos]
+        new = torch.nonzero(slot < 0).squeeze(1)
+        if len(new):
+            new_pos = pos[new]
+            rank = torch.arange(len(new_pos), device=self._dev)
+            self._tslot[new_pos] = rank
+            first = self._tslot[new_pos] == rank
+            count = int(first.sum())
+            if self._n + count > len(self._keys):
+                capacity = len(self._keys)
+                while self._n + count > capacity:
+                    capacity *= 2
+                self._alloc(capacity)
+            fresh = self._n + torch.arange(count, device=self._dev)
+            self._tslot[new_pos[first]] = fresh
+            self._tpos[fresh] = new_pos[first]
+            self._keys[fresh] = keys[new[first]]
+            self._n += count
+            slot = self._tslot[pos]
+        return slot
+
+    def _evict(self) -> None:
+        torch = self._torch
+        n, keep_n = self._n, int(self.max_voxels * 0.9)
+        if self.eviction == "oldest":
+            score = -self._seen[:n].to(torch.float64)
+        else:
+            origin = torch.tensor(self._last_origin, device=self._dev)
+            score = torch.linalg.norm(self._centroids() - origin, dim=1)
+        drop = torch.topk(score, n - keep_n).indices
+        self._tkeys[self._tpos[drop]] = _GONE
+        self._gone += len(drop)
+        holes = torch.sort(drop[drop < keep_n]).values
+        keep_mask = torch.ones(n - keep_n, dtype=torch.bool, device=self._dev)
+        keep_mask[drop[drop >= keep_n] - keep_n] = False
+        movers = keep_n + torch.nonzero(keep_mask).squeeze(1)
+        for name in ("_keys", "_sum_offset", "_sum_rgb", "_count", "_seen", "_tpos"):
+            arr = getattr(self, name)
+            arr[holes] = arr[movers]
+        self._tslot[self._tpos[holes]] = holes
+        self.evicted += n - keep_n
+        self._n = keep_n
+        size = self._tsize
+        while size < 2.5 * self.max_voxels:
+            size *= 2
+        if size > self._tsize or 2 * (self._n + self._gone) > size:
+            self._new_table(size)
+
+    def _centroids(self):
+        n = self._n
+        corner = self._torch.stack(_unpack(self._keys[:n]), 1).to(self._torch.float64) - _OFFSET
+        return (corner + (self._sum_offset[:n] / self._count[:n, None] + 0.5) / _FRAC) * self.voxel_size
+
+    def _mean_colors(self):
+        n = self._n
+        return self._torch.round(self._sum_rgb[:n] / self._count[:n, None]).to(self._torch.uint8)
+
+
+def _segment_sums(torch, values, starts, ends):
+    """Sums of values[starts[i]:ends[i]] from one cumulative sum (int64 wrap-around cancels)."""
+    cs = torch.cat([torch.zeros(1, dtype=values.dtype, device=values.device), torch.cumsum(values, 0)])
+    return cs[ends] - cs[starts]
+
+
 def _pack(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Three non-negative ints below 2**21 in one int64 (a in the high bits, c in the low)."""
-    packed = a.astype(np.int64) << (2 * _BITS)
-    packed |= b.astype(np.int64) << _BITS
+    if isinstance(a, np.ndarray):
+        a, b, c = a.astype(np.int64), b.astype(np.int64), c.astype(np.int64, copy=False)
+    else:  # torch tensors
+        a, b, c = a.long(), b.long(), c.long()
+    packed = a << (2 * _BITS)
+    packed |= b << _BITS
     packed |= c
     return packed
 
