@@ -176,8 +176,7 @@ def _gravity_up(scene):
 
     from gs_reasoner_ros import geometry
 
-    up = -scene.poses[:, :3, 1].mean(axis=0)
-    up /= np.linalg.norm(up)
+    up, _ = geometry.camera_up(scene.poses)
     pts = np.concatenate([geometry.transform_points(T, geometry.unproject_depth(d, K, stride=8).reshape(-1, 3))
                           for d, K, T in zip(scene.depth, scene.intrinsics, scene.poses)])
     pts = pts[np.all(np.isfinite(pts), axis=1)]

@@ -1,5 +1,6 @@
 """The ROS-free service logic: validation, alignment round trip, failures, exports, the worker."""
 import os
+import re
 import threading
 import time
 
@@ -71,6 +72,18 @@ def test_boxes_come_back_in_the_world_frame_through_the_wall_alignment(rotated_r
         assert d.min(axis=1).max() < 0.1, label  # corners within alignment error (< 2 deg)
         np.testing.assert_allclose(obj.center, center, atol=1e-6)
     assert out.stamp == 9.0  # the newest keyframe in the scene given to the model
+
+
+def test_a_world_that_is_not_z_up_is_reported(rotated_room):
+    room, vmap, store = rotated_room
+    y_up = np.array([[1.0, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]])  # z-up -> y-up world
+    tilted = KeyframeStore(min_interval_s=0.0)
+    for f in store.frames():
+        tilted.offer(Frame(f.rgb, f.depth, f.K, y_up @ f.pose, f.stamp))
+    e = QueryEngine(BoxOracle(room), tilted, vmap, QueryLimits(align_to_walls=False))
+    out = e.ground("the sofa")
+    assert out.success and re.search(r"does not look z-up \(the cameras' up is (8\d|9\d) deg", out.message)
+    assert "z-up" not in engine(rotated_room).ground("the sofa").message
 
 
 def test_alignment_can_be_switched_off(rotated_room):

@@ -25,6 +25,7 @@ UNTRAINED_NOTE = ("WARNING: the model weights are untrained (no checkpoint was g
                   "boxes are meaningless; set the checkpoint parameter to a GS-Reasoner folder")
 MIN_ALIGNMENT_POINTS = 500  # fewer map points than this say nothing about walls
 MAX_OPTIONS = 26  # A-Z
+GRAVITY_WARN_DEG = 35.0  # cameras pitch and roll; beyond this the world's z is not up
 EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -142,9 +143,7 @@ class QueryEngine:
         points = self.voxel_map.points()
         if len(points) < MIN_ALIGNMENT_POINTS:
             return np.eye(4)
-        # Plane normals need several voxels per cell: widen the 10 cm cells on coarse maps.
-        cell = max(0.1, 4.0 * float(getattr(self.voxel_map, "voxel_size", 0.0)))
-        return geometry.estimate_alignment(points, cell=cell)
+        return geometry.estimate_alignment(points)  # adapts its cell size to coarse maps
 
     def run(self, req: QueryRequest) -> QueryOutcome:
         """Align the scene, ask the model, put its boxes into the world frame."""
@@ -159,6 +158,7 @@ class QueryEngine:
         try:
             A = self.alignment()
             scene = self.keyframes.to_scene(self.limits.num_frames, A)
+            notes += _gravity_notes(scene.poses)
             result = self.reasoner.answer(scene, req.text, options=tuple(req.options), task=req.task,
                                           max_new_tokens=budget)
             objects = [self._to_world(b, A) for b in result.objects]
@@ -178,6 +178,16 @@ class QueryEngine:
     def _to_world(box, A: np.ndarray) -> WorldObject:
         center, quat, size = geometry.aligned_box_to_world(box.box_min, box.box_max, A)
         return WorldObject(str(box.label), center, quat, size, float(box.confidence))
+
+
+def _gravity_notes(poses: np.ndarray) -> list[str]:
+    """A warning when the cameras say world_frame is not z-up (the model assumes it is)."""
+    up, _ = geometry.camera_up(poses)
+    tilt = float(np.degrees(np.arccos(np.clip(up[2], -1.0, 1.0))))
+    if tilt <= GRAVITY_WARN_DEG:
+        return []
+    return [f"WARNING: world_frame does not look z-up (the cameras' up is {tilt:.0f} deg from +z); "
+            "the model expects a gravity-aligned, z-up world frame"]
 
 
 def _release_accelerator_memory(err: Exception) -> None:
