@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .geometry import check_intrinsics
 from .scene import Scene
 from .scene_memory import Frame, KeyframeStore
 
@@ -159,6 +160,7 @@ class _Pair:
     depth_index: int
     pose: np.ndarray | None = None
     K: np.ndarray | None = None
+    info: object = None  # the nearest CameraInfo message
 
 
 def _bag_scene(path: Path, count: int, topics: dict, world_frame: str | None, slop: float,
@@ -192,6 +194,8 @@ def _bag_scene(path: Path, count: int, topics: dict, world_frame: str | None, sl
             result.skipped["invalid TF transforms"] = bad_tf
         if not infos:
             raise ValueError(f"{path}: no CameraInfo messages on {conns['info'].topic}")
+        infos.sort(key=lambda s: s[0])
+        info_stamps = np.array([s[0] for s in infos])
         pairs = _pair(stamps["color"], stamps["depth"], slop)
         if len(stamps["color"]) > len(pairs):
             result.skipped["colour without a depth image within the slop"] = len(stamps["color"]) - len(pairs)
@@ -206,8 +210,12 @@ def _bag_scene(path: Path, count: int, topics: dict, world_frame: str | None, sl
             except TfError as err:
                 _skip(result, f"no TF {world} <- {camera} at the image stamp", err)
                 continue
-            info = min(infos, key=lambda s: abs(s[0] - pair.stamp))[1]
-            pair.K = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+            pair.info = infos[int(_nearest(info_stamps, np.array([pair.stamp]))[0])][1]
+            try:
+                pair.K = check_intrinsics(np.asarray(pair.info.k, dtype=np.float64).reshape(3, 3))
+            except ValueError as err:
+                _skip(result, "invalid camera_info", err)
+                continue
             result.candidates += 1
             # The policy looks only at stamps and poses: a 1-pixel stand-in keeps memory flat.
             if store.offer(Frame(*tiny, np.eye(3), pair.pose, pair.stamp)):
@@ -218,10 +226,10 @@ def _bag_scene(path: Path, count: int, topics: dict, world_frame: str | None, sl
                              f"({len(stamps['color'])} colour, {len(stamps['depth'])} depth images, "
                              f"{len(pairs)} pairs)")
         picks = [chosen[i] for i in np.linspace(0, len(chosen) - 1, min(count, len(chosen))).astype(int)]
-        return _decode_pairs(reader, conns, picks, infos, result)
+        return _decode_pairs(reader, conns, picks)
 
 
-def _decode_pairs(reader, conns, picks: list[_Pair], infos, result: ExportResult) -> Scene:
+def _decode_pairs(reader, conns, picks: list[_Pair]) -> Scene:
     """Second pass: decode the chosen colour and depth images into a Scene."""
     from .ros.conversions import image_to_depth, image_to_rgb
 
@@ -240,7 +248,7 @@ def _decode_pairs(reader, conns, picks: list[_Pair], infos, result: ExportResult
     for p in picks:
         im = images[id(p)]
         h, w = im["depth"].shape
-        info = min(infos, key=lambda s: abs(s[0] - p.stamp))[1]
+        info = p.info
         k = p.K.copy()
         if (int(info.width), int(info.height)) not in ((w, h), (0, 0)):  # intrinsics of the depth image
             k[0] *= w / int(info.width)

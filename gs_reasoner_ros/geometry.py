@@ -216,7 +216,7 @@ def aligned_box_to_world(box_min, box_max, A) -> tuple[np.ndarray, np.ndarray, n
 @dataclass
 class AlignmentInfo:
     """What `estimate_alignment` found, for logs and diagnostics."""
-    yaw_deg: float  # rotation applied about up to make the walls parallel to x/y
+    yaw_deg: float  # wall direction found, modulo 90 degrees; A turns the world by minus this about up
     walls_found: bool  # False: too little vertical planar structure, yaw left at 0
     wall_support: float  # fraction of planar surface area voting for the chosen wall direction
     gravity_error_deg: float  # angle between the floor/ceiling normal and `up`; NaN if none seen
