@@ -261,7 +261,7 @@ def _cell_normals(points: np.ndarray, cell: float, min_count: int = 8):
 
 
 def estimate_alignment(points, up=(0.0, 0.0, 1.0), *, cell: float | None = None, gravity_tol_deg: float = 5.0,
-                       max_points: int = 200_000, seed: int = 0, return_info: bool = False):
+                       max_points: int = 50_000, seed: int = 0, return_info: bool = False):
     """The 4x4 transform A (world -> model frame) that GS-Reasoner expects: z along `up`,
     dominant walls parallel to x and y, origin at the cloud's centroid in x and y.
 
@@ -287,6 +287,7 @@ def estimate_alignment(points, up=(0.0, 0.0, 1.0), *, cell: float | None = None,
         raise ValueError("up must be a non-zero vector")
     if cell is not None and not cell > 0:
         raise ValueError(f"cell must be positive, got {cell}")
+    centroid = pts.mean(axis=0)  # of every point; only the plane fitting is subsampled
     if len(pts) > max_points:
         pts = pts[np.random.default_rng(seed).choice(len(pts), max_points, replace=False)]
     R_up = _rotation_to_z(up / np.linalg.norm(up))
@@ -308,7 +309,6 @@ def estimate_alignment(points, up=(0.0, 0.0, 1.0), *, cell: float | None = None,
 
     yaw, support, walls = _wall_yaw(normals, weights)
     rot = rotation_z(-yaw)[:3, :3] @ R_up
-    centroid = pts.mean(axis=0)
     A = np.eye(4)
     A[:3, :3] = rot
     A[:3, 3] = -rot @ centroid
