@@ -36,6 +36,7 @@ def test_bench_gpu_tiny_reports_fast_baseline_and_floor(capsys):
     assert r["check_token_agreement"] == 1.0
     assert r["check_prompt_logits_rel_err"] < 1e-4
     assert r["check_leading_tokens_equal_baseline"] == 4
+    assert r["check_baseline_token_agreement"] == 1.0 and r["check_max_gap_std"] < 1e-4
 
 
 def test_bench_mapping_tiny(capsys):

@@ -134,9 +134,9 @@ class GreedyDecoder:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._warm = False
         self._warned_cold = False
-        self._keys = itertools.count()
+        self._key_counter = itertools.count()
         self._resident: Hashable | None = None  # key whose KV sits in the static cache
-        self._prefixes: OrderedDict[Hashable, tuple[int, Tensor | None]] = OrderedDict()
+        self._prefixes: OrderedDict[Hashable, tuple[int, list[Tensor] | None]] = OrderedDict()
         self.warmup_s: float | None = None
         # Of the latest generate(): prefill_s (prompt + first token), decode_s (the other tokens).
         self.last_timings: dict = {}
@@ -144,8 +144,11 @@ class GreedyDecoder:
     # ------------------------------------------------------------------ buffers
     def _alloc_buffers(self) -> None:
         n, L, dev = len(self.layers), self.max_cache_len, self.device
-        # One tensor for all layers so a prefix snapshot/restore is a single copy.
-        self._kv = torch.zeros(n, 2, 1, self.num_kv_heads, L, self.head_dim, dtype=self.dtype, device=dev)
+        # Separate (not views of one) tensors per layer: torch.compile then updates each in
+        # place, where a view of a shared base makes it rewrite the whole base every step.
+        shape = (1, self.num_kv_heads, L, self.head_dim)
+        self._keys = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in range(n)]
+        self._values = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in range(n)]
         positions = torch.arange(L, device=dev)
         probe = torch.zeros(1, dtype=self.dtype, device=dev)
         cos, sin = self.lm.model.rotary_emb(probe, positions[None])
@@ -161,7 +164,7 @@ class GreedyDecoder:
     @property
     def kv_cache_bytes(self) -> int:
         """Bytes held by the static KV cache."""
-        return self._kv.numel() * self._kv.element_size()
+        return sum(t.numel() * t.element_size() for t in self._keys + self._values)
 
     # ------------------------------------------------------------------ model pieces
     def _attention_qkv(self, layer, h: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -193,13 +196,15 @@ class GreedyDecoder:
         x = embeds
         for i, layer in enumerate(self.layers):
             q, k, v = self._attention_qkv(layer, layer.input_layernorm(x), cos, sin)
-            self._kv[i, 0, :, :, start:end] = k
-            self._kv[i, 1, :, :, start:end] = v
-            keys = self._expand_kv(self._kv[i, 0, :, :, :end])
-            values = self._expand_kv(self._kv[i, 1, :, :, :end])
-            o = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, is_causal=mask is None, scale=self.scaling
-            )
+            self._keys[i][:, :, start:end] = k
+            self._values[i][:, :, start:end] = v
+            if mask is None:  # causal from position 0: flash kernels take the kv heads as they are
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling,
+                                                   enable_gqa=self.groups > 1)
+            else:  # masked kernels need one kv head per query head
+                keys = self._expand_kv(self._keys[i][:, :, :end])
+                values = self._expand_kv(self._values[i][:, :, :end])
+                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
             o = o.transpose(1, 2).reshape(1, T, self.num_heads * self.head_dim)
             x = x + layer.self_attn.o_proj(o)
             x = self._mlp_block(layer, x)
@@ -228,7 +233,7 @@ class GreedyDecoder:
         bias = torch.where(self._positions > pos, float("-inf"), 0.0)
         for i, layer in enumerate(self.layers):
             q, k, v = self._attention_qkv(layer, layer.input_layernorm(x), cos, sin)
-            keys, values = self._kv[i, 0], self._kv[i, 1]
+            keys, values = self._keys[i], self._values[i]
             if self.compile:  # inductor re-inplaces index_put_; index_copy_ may copy the cache
                 keys[:, :, pos] = k
                 values[:, :, pos] = v
@@ -267,7 +272,7 @@ class GreedyDecoder:
         if self.compile is True:
             self._step = torch.compile(self._decode_step, fullgraph=True, dynamic=False)
         elif self.compile == "reduce-overhead":
-            for t in (self._kv, self._tok, self._pos, self._next, self._prob):
+            for t in (*self._keys, *self._values, self._tok, self._pos, self._next, self._prob):
                 torch._dynamo.mark_static_address(t)
             self._step = torch.compile(self._decode_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
         # A short real prefill+decode touches the prefill kernels and, with compile, compiles.
@@ -326,7 +331,7 @@ class GreedyDecoder:
         if snapshot is not None:
             return
         if self.max_prefixes > 1:
-            self._prefixes[key] = (length, self._kv[:, :, :, :, :length].clone())
+            self._prefixes[key] = (length, [t[:, :, :length].clone() for t in self._keys + self._values])
         else:
             del self._prefixes[key]
 
@@ -336,7 +341,8 @@ class GreedyDecoder:
         length, snapshot = self._prefixes[key]
         if key != self._resident:
             self._release_resident()
-            self._kv[:, :, :, :, :length].copy_(snapshot)
+            for t, saved in zip(self._keys + self._values, snapshot):
+                t[:, :, :length].copy_(saved)
             self._resident = key
         self._prefixes.move_to_end(key)
         return length
@@ -353,7 +359,7 @@ class GreedyDecoder:
         if T >= self.max_cache_len:
             raise ValueError(f"prefix of {T} tokens does not fit max_cache_len={self.max_cache_len}")
         if key is None:
-            key = ("prefix", next(self._keys))
+            key = ("prefix", next(self._key_counter))
         self._release_resident()
         self._prefixes.pop(key, None)
         self._prefill(embeds, 0)

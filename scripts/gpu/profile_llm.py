@@ -24,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gs_reasoner_ros.bench import _build_model, _ceilings  # noqa: E402
+from gs_reasoner_ros.model.configuration import GSReasonerConfig  # noqa: E402
 from gs_reasoner_ros.model.generation import GreedyDecoder  # noqa: E402
 
 PROMPT = 14 + 32 * 210 + 106  # system text + 32 frames of visual tokens + question
@@ -67,6 +68,37 @@ def gemv_report(lm, copy_tbps: float) -> tuple[str, dict]:
     return "\n".join(lines), dict(gemv_ms_per_token=total_ms, weight_gb=total_bytes / 1e9)
 
 
+def fp32_check(layers: int = 4, new_tokens: int = 32) -> dict:
+    """Float32 on the GPU, full width but `layers` layers: the fast path (prefix + question, and
+    whole prompt; CUDA graphs, with and without torch.compile) must produce exactly the token ids
+    of transformers' greedy generate."""
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(1)
+    with torch.device("cuda"):
+        lm = Qwen2ForCausalLM(GSReasonerConfig(num_hidden_layers=layers).text_config()).eval()
+    scale = lm.model.embed_tokens.weight.std()
+    prompt = torch.randn(1, PROMPT, lm.config.hidden_size, device="cuda") * scale
+    hf = lm.generate(inputs_embeds=prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                     eos_token_id=None, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    ref_ids, ref_logits = hf.sequences[0].tolist(), hf.scores[0][0].float().cpu()
+    out = {"fp32_unique_tokens": len(set(ref_ids))}
+    split = PROMPT - 106
+    for name, options in (("graph", {}), ("compile", dict(compile=True))):
+        dec = GreedyDecoder(lm, max_cache_len=PROMPT + 64, **options)
+        out[f"fp32_warmup_s_{name}"] = dec.warmup()
+        key = dec.prefill(prompt[:, :split])
+        follow = dec.generate(prompt[:, split:], new_tokens, prefix_key=key)
+        whole = dec.generate(prompt, new_tokens)
+        rel = float((whole.last_prompt_logits - ref_logits).norm() / ref_logits.norm())
+        out[f"fp32_{name}_ids_equal_whole"] = whole.ids.tolist() == ref_ids
+        out[f"fp32_{name}_ids_equal_prefix"] = follow.ids.tolist() == ref_ids
+        out[f"fp32_{name}_prompt_logits_rel_err"] = rel
+        del dec
+    print(out, flush=True)
+    return out
+
+
 def profile_table(fn, steps: int) -> tuple[str, float, int]:
     """Kernel table; device microseconds per step; kernels per step."""
     fn()
@@ -95,6 +127,9 @@ def main() -> int:
         (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
 
     with torch.inference_mode():
+        summary.update(fp32_check())
+        write_summary()
+        torch.cuda.empty_cache()
         summary.update(_ceilings(torch.device("cuda"), tiny=False))
         lm = _build_model(False, torch.device("cuda"), llm_only=True).language_model
         text, gemv = gemv_report(lm, summary["copy_tbps"])

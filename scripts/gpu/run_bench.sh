@@ -17,11 +17,15 @@ step() {  # name timeout command...
   timeout "$limit" "$@" > "$RES/$name.out" 2> "$RES/$name.log"
   echo "== $name rc=$? $((SECONDS - t0)) s" | tee -a "$RES/steps.txt"
 }
-step llm "${T_LLM:-240}" python3 -m gs_reasoner_ros.cli bench gpu --llm-only --check \
-  --variants "${VARIANTS:-eager,compile,graph-sdpa,reduce-overhead}" --json
-step prof "${T_PROF:-110}" python3 scripts/gpu/profile_llm.py --out "$RES/prof"
-step full "${T_FULL:-170}" python3 -m gs_reasoner_ros.cli bench gpu --check --json
-step mapping "${T_MAP:-40}" python3 -m gs_reasoner_ros.cli bench mapping --json
+STEPS=${STEPS:-llm prof full mapping}
+DECODE=${DECODE:-graph}
+for s in $STEPS; do case $s in
+  llm) step llm "${T_LLM:-240}" python3 -m gs_reasoner_ros.cli bench gpu --llm-only --check --decode "$DECODE" \
+         --variants "${VARIANTS:-eager,compile,graph-sdpa,reduce-overhead}" ${LLM_ARGS:-} --json ;;
+  prof) step prof "${T_PROF:-110}" python3 scripts/gpu/profile_llm.py --out "$RES/prof" ;;
+  full) step full "${T_FULL:-170}" python3 -m gs_reasoner_ros.cli bench gpu --check --decode "$DECODE" --json ;;
+  mapping) step mapping "${T_MAP:-40}" python3 -m gs_reasoner_ros.cli bench mapping --json ;;
+esac; done
 tar czf "$OUT/results.tgz" -C "$RES" .
 cat "$RES/env.txt" "$RES/steps.txt"
-for f in llm prof full mapping; do echo "---- $f"; grep -v Warning "$RES/$f.log" | tail -n 12; tail -c 2500 "$RES/$f.out"; echo; done
+for f in $STEPS; do echo "---- $f"; grep -v Warning "$RES/$f.log" | tail -n 12; tail -c 2500 "$RES/$f.out"; echo; done
