@@ -271,14 +271,14 @@ class _Client:
         return True
 
     def wait_ready(self, timeout: float) -> bool:
-        return self.spin_until(lambda: self.player.subscribers_ready()
-                               and all(c.service_is_ready() for c in self.clients.values()), timeout)
+        ready = self.spin_until(lambda: self.player.subscribers_ready()
+                                and all(c.service_is_ready() for c in self.clients.values()), timeout)
+        return ready and self.player.wait_for_subscribers(1.0)  # let the node's readers match too
 
     def replay(self, scene, rate: float):
         """Play the scene; return the decoded map cloud once it includes the last frame."""
         from gs_reasoner_ros.ros import conversions
 
-        self.spin_until(lambda: False, 0.3)  # let discovery settle so the first frame is not lost
         stamps = self.player.play(scene, rate)
         last = stamps[-1]
         ok = self.spin_until(lambda: self.clouds and abs(

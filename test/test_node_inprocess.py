@@ -68,7 +68,7 @@ class Harness:
         c.create_subscription(MarkerArray, "/gs_reasoner/markers", lambda m: self._keep("markers", m), qos.LATCHED)
         c.create_subscription(PointCloud2, "/gs_reasoner/map_cloud", lambda m: self._keep("map", m), qos.LATCHED)
         c.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self._keep("diag", m), 10)
-        self.clients = {name: c.create_client(t, f"/gs_reasoner/{name}") for name, t in
+        self.clients = {name: c.create_client(t, f"/gs_reasoner/{name}", qos_profile=qos.SERVICES) for name, t in
                         (("ask", AskSpatialQuestion), ("ground", GroundObjects), ("clear", Trigger),
                          ("export_scene", ExportScene))}
         self.player = ScenePlayer(c)
@@ -126,7 +126,8 @@ def h(tmp_path_factory):
     harness = Harness(tmp_path_factory.mktemp("node"))
     assert harness.player.wait_for_subscribers(10.0)
     harness.stamps = harness.player.play(harness.scene, rate_hz=20.0)
-    assert harness.wait_for(lambda: len(harness.node.keyframes) == len(harness.scene), 15.0)
+    assert harness.wait_for(lambda: len(harness.node.keyframes) == len(harness.scene), 15.0), \
+        (len(harness.node.keyframes), harness.node.health.snapshot())
     yield harness
     harness.close()
 
@@ -206,6 +207,21 @@ def test_second_concurrent_query_is_refused_and_intake_keeps_flowing(h):
     h.oracle.delay = 0.0
     assert not refused.success and "busy" in refused.message
     assert results[0].success
+
+
+def test_fifty_concurrent_calls_one_runs_the_rest_are_refused_at_once(h):
+    h.oracle.delay = 1.0
+    calls_before = h.oracle.calls
+    client = h.clients["ask"]
+    futures = [client.call_async(AskSpatialQuestion.Request(question=f"q{i}?")) for i in range(50)]
+    integrated = h.node.health.total("integrated")
+    h.player.play(h.scene, rate_hz=30.0, order=[5, 6, 7])
+    assert h.wait_for(lambda: all(f.done() for f in futures), 20.0)
+    h.oracle.delay = 0.0
+    results = [f.result() for f in futures]
+    assert sum(r.success for r in results) == 1 and h.oracle.calls == calls_before + 1
+    assert all("busy" in r.message for r in results if not r.success)
+    assert h.node.health.total("integrated") >= integrated + 3
 
 
 def test_malformed_input_is_rejected_and_counted(h):
@@ -299,3 +315,14 @@ def test_deactivate_stops_intake_and_clear_empties_memory(h):
     assert h.player.wait_for_subscribers(5.0)
     h.player.play(h.scene, rate_hz=30.0, order=[0, 1, 2])
     assert h.wait_for(lambda: len(h.node.keyframes) == 3, 5.0)
+
+
+def test_clock_jumping_back_resets_instead_of_mixing_timelines(h):
+    resets = h.node.health.total("time_jump_resets")
+    assert len(h.node.keyframes) > 0
+    # a bag loops: stamps restart 100 s in the past
+    h.player.play(h.scene, rate_hz=30.0, order=[3, 4], clock=lambda: time.time() - 100.0)
+    assert h.wait_for(lambda: h.node.health.total("time_jump_resets") == resets + 1, 5.0)
+    assert h.wait_for(lambda: len(h.node.keyframes) == 2, 5.0)  # only the new timeline is remembered
+    newest = h.node.keyframes.newest_stamp
+    assert newest < time.time() - 90

@@ -55,11 +55,13 @@ def test_exit_within_two_seconds_during_a_query(sig):
         player.play(scene, rate_hz=20.0)
         client = probe.create_client(AskSpatialQuestion, "/gs_reasoner/ask")
         assert client.wait_for_service(timeout_sec=10.0)
-        client.call_async(AskSpatialQuestion.Request(question="anything?"))  # never answered
+        future = client.call_async(AskSpatialQuestion.Request(question="anything?"))  # never answered
         deadline = time.monotonic() + 20.0
         while not any("MODEL STARTED" in line for line in lines):
             if node.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("the query never reached the model:\n" + "".join(lines))
+            if future.done():  # refused: the frames were not integrated yet
+                future = client.call_async(AskSpatialQuestion.Request(question="anything?"))
             executor.spin_once(timeout_sec=0.05)
         t0 = time.monotonic()
         node.send_signal(sig)
@@ -73,3 +75,16 @@ def test_exit_within_two_seconds_during_a_query(sig):
         executor.shutdown()
         probe.destroy_node()
         ctx.try_shutdown()
+
+
+@pytest.mark.parametrize("args, status, says", [
+    (["-p", "checkpoint:=/nonexistent/gs-reasoner"], 1, "/nonexistent/gs-reasoner"),
+    (["-p", "voxel_size:=5.0"], 2, "voxel_size"),
+    (["-p", "input_qos:=FAST"], 2, "input_qos"),
+], ids=["missing-checkpoint", "out-of-range", "bad-choice"])
+def test_bad_configuration_fails_at_start_with_a_message(args, status, says):
+    proc = subprocess.run([sys.executable, "-m", "gs_reasoner_ros.ros.node", "--ros-args", *args],
+                          capture_output=True, text=True, timeout=60)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == status, log
+    assert says in log and "Traceback" not in log

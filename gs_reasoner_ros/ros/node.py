@@ -229,10 +229,11 @@ class ReasonerNode(LifecycleNode):
     def _create_services(self) -> None:
         g = self._groups["services"]
         self._services_made = [
-            self.create_service(AskSpatialQuestion, "~/ask", self._srv_ask, callback_group=g),
-            self.create_service(GroundObjects, "~/ground", self._srv_ground, callback_group=g),
-            self.create_service(Trigger, "~/clear", self._srv_clear, callback_group=g),
-            self.create_service(ExportScene, "~/export_scene", self._srv_export, callback_group=g),
+            self.create_service(srv_type, name, callback, qos_profile=qos.SERVICES, callback_group=g)
+            for srv_type, name, callback in ((AskSpatialQuestion, "~/ask", self._srv_ask),
+                                             (GroundObjects, "~/ground", self._srv_ground),
+                                             (Trigger, "~/clear", self._srv_clear),
+                                             (ExportScene, "~/export_scene", self._srv_export))
         ]
 
     def _limits(self) -> QueryLimits:
@@ -365,6 +366,8 @@ class ReasonerNode(LifecycleNode):
                 self.health.set("keyframes", len(self.keyframes))
                 self.health.set("map_points", len(self.voxel_map))
             self.health.set("query_running", bool(self.worker and self.worker.busy))
+            if self._sync is not None:  # the system message_filters does not count its drops
+                self.health.set("sync_dropped_total", getattr(self._sync, "dropped", "n/a"))
             arr = diagnostic_array(self.get_name(), self.get_clock().now().to_msg(), self.health.snapshot(),
                                    self._active)
             self._pubs["diagnostics"].publish(arr)

@@ -35,12 +35,15 @@ class ScenePlayer:
     def subscribers_ready(self) -> bool:
         return all(p.get_subscription_count() > 0 for p in (self.color, self.depth, self.info, self.tf))
 
-    def wait_for_subscribers(self, timeout_s: float = 20.0) -> bool:
+    def wait_for_subscribers(self, timeout_s: float = 20.0, settle_s: float = 0.5) -> bool:
+        """Wait until every topic has a subscriber, then `settle_s` more: our side sees the match
+        before the reader's side does, and a best-effort reader drops what arrives before that."""
         deadline = time.monotonic() + timeout_s
         while not self.subscribers_ready():
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
+        time.sleep(settle_s)
         return True
 
     def publish_pose(self, pose: np.ndarray, stamp: float) -> None:
