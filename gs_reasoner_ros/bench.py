@@ -38,6 +38,7 @@ DECODE_MODES = {  # name -> GreedyDecoder options
     "graph-sdpa": dict(use_cuda_graphs=True, compile=False, decode_attention="sdpa"),
     "compile": dict(use_cuda_graphs=True, compile=True),
     "compile-sdpa": dict(use_cuda_graphs=True, compile=True, decode_attention="sdpa"),
+    "compile-flex": dict(use_cuda_graphs=True, compile=True, decode_attention="flex"),
     "reduce-overhead": dict(use_cuda_graphs=False, compile="reduce-overhead"),
 }
 PREFIX_TEXT_TOKENS = 14  # "<|im_start|>system\n...<|im_end|>\n<|im_start|>user\n" before <image>
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--question-tokens", type=int, default=106,
                    help="prompt tokens after the visual tokens (instruction + question + assistant header)")
     g.add_argument("--repeats", type=int, default=3)
-    g.add_argument("--decode", choices=sorted(DECODE_MODES), default="graph",
+    g.add_argument("--decode", choices=sorted(DECODE_MODES), default="compile",
                    help="decode step mode of the fast path on CUDA (CPU always runs eager)")
     g.add_argument("--variants", default="", help="comma-separated decode modes to time as well, e.g. eager,compile")
     g.add_argument("--no-baseline", action="store_true", help="skip the naive transformers path")
@@ -463,13 +464,24 @@ class _Session:
         The same check on transformers' own generate gives the numeric noise of the dtype."""
         key = dec.prefill(prefix)
         got = dec.generate(question, self.n_ground, prefix_key=key)
-        out = _prefixed("check_", self._teacher_forced(prefix, question, got.ids, got.last_prompt_logits))
+        forced = self._teacher_forced(prefix, question, got.ids, got.last_prompt_logits)
+        ref = forced.pop("reference_prompt_logits")
+        out = _prefixed("check_", forced)
+        # transformers itself with the prompt in two passes (prefix, then the question on its
+        # cache), as the fast path runs it: the bf16 noise of a changed summation order
+        first = self.lm(inputs_embeds=prefix, use_cache=True)
+        second = self.lm(inputs_embeds=question, past_key_values=first.past_key_values, use_cache=True,
+                         logits_to_keep=1)
+        split = second.logits[0, -1].float().cpu()
+        out["check_baseline_split_prompt_logits_rel_err"] = float((split - ref).norm() / ref.norm())
+        del first, second
         hf = self.lm.generate(inputs_embeds=self.torch.cat([prefix, question], 1), max_new_tokens=self.n_ground,
                               min_new_tokens=self.n_ground, do_sample=False, eos_token_id=None, pad_token_id=0,
                               output_scores=True, return_dict_in_generate=True)
         hf_ids = hf.sequences[0].cpu()
-        out.update(_prefixed("check_baseline_", self._teacher_forced(prefix, question, hf_ids,
-                                                                      hf.scores[0][0].float().cpu())))
+        forced = self._teacher_forced(prefix, question, hf_ids, hf.scores[0][0].float().cpu())
+        forced.pop("reference_prompt_logits")
+        out.update(_prefixed("check_baseline_", forced))
         same = 0
         for a, b in zip(got.ids.tolist(), hf_ids.tolist()):
             if a != b:
@@ -489,7 +501,8 @@ class _Session:
         picked = logits.gather(1, ids[:, None])[:, 0]
         # how far below the reference's best each chosen token was, in logit standard deviations
         gap = (logits.max(-1).values - picked) / logits.std(-1)
-        return dict(prompt_logits_rel_err=float((prompt_logits - ref).norm() / ref.norm()),
+        return dict(reference_prompt_logits=ref,
+                    prompt_logits_rel_err=float((prompt_logits - ref).norm() / ref.norm()),
                     token_agreement=float((logits.argmax(-1) == ids).float().mean()),
                     max_gap_std=float(gap.max()))
 

@@ -74,7 +74,8 @@ class GreedyDecoder:
             memory); None prefills in one pass.
         decode_attention: "matmul" (two batched matmuls with an fp32 softmax between, the
             arithmetic of transformers' eager attention) or "sdpa" (one fused
-            scaled_dot_product_attention call with an additive mask).
+            scaled_dot_product_attention call with an additive mask), or "flex" (torch's
+            flex_attention, split over the cache by inductor; needs compile=True).
     """
 
     def __init__(
@@ -99,8 +100,10 @@ class GreedyDecoder:
             raise ValueError(f"max_prefixes must be >= 1, got {max_prefixes}")
         if prefill_chunk is not None and prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be positive or None, got {prefill_chunk}")
-        if decode_attention not in ("matmul", "sdpa"):
-            raise ValueError(f"decode_attention must be 'matmul' or 'sdpa', got {decode_attention!r}")
+        if decode_attention not in ("matmul", "sdpa", "flex"):
+            raise ValueError(f"decode_attention must be 'matmul', 'sdpa' or 'flex', got {decode_attention!r}")
+        if decode_attention == "flex" and not compile:
+            raise ValueError("decode_attention='flex' needs compile=True (eager flex_attention is a slow reference)")
         if compile not in (False, True, "reduce-overhead"):
             raise ValueError(f"compile must be False, True or 'reduce-overhead', got {compile!r}")
 
@@ -118,6 +121,10 @@ class GreedyDecoder:
         self.max_prefixes = max_prefixes
         self.prefill_chunk = prefill_chunk
         self.decode_attention = decode_attention
+        if decode_attention == "flex":
+            from torch.nn.attention.flex_attention import flex_attention
+
+            self._flex = flex_attention
 
         if use_cuda_graphs == "auto":
             use_cuda_graphs = self.device.type == "cuda"
@@ -246,6 +253,8 @@ class GreedyDecoder:
             if self.decode_attention == "sdpa":
                 o = F.scaled_dot_product_attention(qg, keys, values, attn_mask=bias.to(qg.dtype).view(1, 1, 1, -1),
                                                    scale=self.scaling)
+            elif self.decode_attention == "flex":
+                o = self._flex(q, keys, values, score_mod=self._hide_future, scale=self.scaling, enable_gqa=True)
             else:
                 scores = torch.matmul(qg, keys.transpose(-1, -2)) * self.scaling
                 probs = torch.softmax(scores.float() + bias, dim=-1).to(values.dtype)
@@ -259,6 +268,10 @@ class GreedyDecoder:
         self._prob.copy_(torch.exp(logits.max() - torch.logsumexp(logits, dim=-1)).view(1))
         self._tok.copy_(nxt.view(1, 1))
         self._pos.add_(1)
+
+    def _hide_future(self, score, b, h, q_idx, kv_idx):
+        # flex_attention score_mod: cache slots after the current position do not exist yet
+        return torch.where(kv_idx <= self._pos[0], score, float("-inf"))
 
     # ------------------------------------------------------------------ warm-up
     @torch.inference_mode()

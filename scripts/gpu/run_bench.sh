@@ -18,11 +18,12 @@ step() {  # name timeout command...
   echo "== $name rc=$? $((SECONDS - t0)) s" | tee -a "$RES/steps.txt"
 }
 STEPS=${STEPS:-llm prof full mapping}
-DECODE=${DECODE:-graph}
+DECODE=${DECODE:-compile}
 for s in $STEPS; do case $s in
   llm) step llm "${T_LLM:-240}" python3 -m gs_reasoner_ros.cli bench gpu --llm-only --check --decode "$DECODE" \
          --variants "${VARIANTS:-eager,compile,graph-sdpa,reduce-overhead}" ${LLM_ARGS:-} --json ;;
   prof) step prof "${T_PROF:-110}" python3 scripts/gpu/profile_llm.py --out "$RES/prof" ;;
+  vision) step vision "${T_VIS:-60}" python3 scripts/gpu/profile_vision.py --out "$RES/vision" ;;
   full) step full "${T_FULL:-170}" python3 -m gs_reasoner_ros.cli bench gpu --check --decode "$DECODE" --json ;;
   mapping) step mapping "${T_MAP:-40}" python3 -m gs_reasoner_ros.cli bench mapping --json ;;
 esac; done
