@@ -33,11 +33,13 @@ class Oracle:
     untrained = True  # so the node must say so in every message
 
     def __init__(self, room):
-        self.room, self.delay, self.calls = room, 0.0, 0
+        self.room, self.calls = room, 0
+        self.gate = threading.Event()  # cleared: answers block until a test opens it
+        self.gate.set()
 
     def answer(self, scene, question, options=(), task="spatial", max_new_tokens=None):
         self.calls += 1
-        time.sleep(self.delay)
+        self.gate.wait(20.0)
         boxes = []
         for label, center, quat, size in self.room.world_boxes()[:3]:
             corners = geometry.transform_points(scene.axis_align, geometry.box_corners(center, quat, size))
@@ -193,7 +195,7 @@ def test_bad_questions_are_refused(h, question, error):
 
 
 def test_second_concurrent_query_is_refused_and_intake_keeps_flowing(h):
-    h.oracle.delay = 1.5
+    h.oracle.gate.clear()
     results = []
     t = threading.Thread(target=lambda: results.append(h.call("ground", description="slow")))
     t.start()
@@ -203,21 +205,23 @@ def test_second_concurrent_query_is_refused_and_intake_keeps_flowing(h):
     h.player.play(h.scene, rate_hz=30.0, order=[0, 1, 2, 3, 4])  # during the query
     assert h.wait_for(lambda: h.node.health.total("integrated") >= integrated + 5, 5.0)
     assert h.node.worker.busy  # the frames went in while the model was still running
+    h.oracle.gate.set()
     t.join()
-    h.oracle.delay = 0.0
     assert not refused.success and "busy" in refused.message
     assert results[0].success
 
 
 def test_fifty_concurrent_calls_one_runs_the_rest_are_refused_at_once(h):
-    h.oracle.delay = 1.0
+    h.oracle.gate.clear()
     calls_before = h.oracle.calls
     client = h.clients["ask"]
     futures = [client.call_async(AskSpatialQuestion.Request(question=f"q{i}?")) for i in range(50)]
     integrated = h.node.health.total("integrated")
     h.player.play(h.scene, rate_hz=30.0, order=[5, 6, 7])
+    assert h.wait_for(lambda: sum(f.done() for f in futures) == 49, 20.0)  # refused at once
+    assert h.wait_for(lambda: h.node.health.total("integrated") >= integrated + 3, 5.0)
+    h.oracle.gate.set()
     assert h.wait_for(lambda: all(f.done() for f in futures), 20.0)
-    h.oracle.delay = 0.0
     results = [f.result() for f in futures]
     assert sum(r.success for r in results) == 1 and h.oracle.calls == calls_before + 1
     assert all("busy" in r.message for r in results if not r.success)

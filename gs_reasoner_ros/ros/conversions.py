@@ -207,7 +207,8 @@ def pose_msg(center, quat_xyzw) -> Pose:
 def grounded_object_msg(obj) -> GroundedObject:
     """Anything with label, center, quat, size, confidence -> GroundedObject."""
     s = np.asarray(obj.size, dtype=float)
-    bbox = BoundingBox3D(center=pose_msg(obj.center, obj.quat), size=Vector3(x=float(s[0]), y=float(s[1]), z=float(s[2])))
+    bbox = BoundingBox3D(center=pose_msg(obj.center, obj.quat),
+                         size=Vector3(x=float(s[0]), y=float(s[1]), z=float(s[2])))
     return GroundedObject(label=str(obj.label), bbox=bbox, confidence=float(obj.confidence))
 
 

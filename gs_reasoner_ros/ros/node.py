@@ -100,7 +100,7 @@ class ReasonerNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         from gs_reasoner_ros.scene_memory import KeyframeStore, VoxelMap
 
-        self.p = p = params.read(self)
+        self.p = self._loaded_p = p = params.read(self)
         self.get_logger().info(f"configuring: loading the model (checkpoint={p.checkpoint or '<none>'}, "
                                f"device={p.device})")
         try:
@@ -203,6 +203,7 @@ class ReasonerNode(LifecycleNode):
             self.destroy_publisher(pub)
         self._timers, self._subs, self._services_made, self._pubs = [], [], [], {}
         self.reasoner = self.tf = self.voxel_map = self.keyframes = self.engine = self.worker = None
+        self._loaded_p = None
         self._pending = None
         self._inputs, self._sync = [], None
         self._map_version = self._published_version = 0
@@ -237,8 +238,9 @@ class ReasonerNode(LifecycleNode):
         ]
 
     def _limits(self) -> QueryLimits:
-        p = self.p
-        return QueryLimits(p.max_question_chars, p.default_max_new_tokens, p.max_new_tokens_limit,
+        """Limits for the next query: the caps the model was loaded with, the rest live."""
+        p, loaded = self.p, self._loaded_p or self.p
+        return QueryLimits(loaded.max_question_chars, p.default_max_new_tokens, loaded.max_new_tokens_limit,
                            p.num_frames, p.align_to_walls)
 
     # ---- intake ---------------------------------------------------------------------

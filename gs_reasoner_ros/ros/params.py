@@ -30,7 +30,8 @@ PARAMETERS: tuple[Param, ...] = (
     Param("autostart", True, "Configure and activate at start, so a plain start serves at once; "
           "false leaves the node unconfigured for a lifecycle manager.", read_only=True),
     Param("world_frame", "map", "Fixed frame (REP-105) that keyframes, the map, boxes and markers are "
-          "expressed in (next configure).", pattern=r"^[A-Za-z_][A-Za-z0-9_/]*$"),
+          "expressed in; should be gravity-aligned with z up.", read_only=True,
+          pattern=r"^[A-Za-z_][A-Za-z0-9_/]*$"),
     # model
     Param("checkpoint", "", "GS-Reasoner checkpoint folder (official layout); empty runs a tiny "
           "untrained model and every answer says so.", read_only=True),
@@ -54,8 +55,8 @@ PARAMETERS: tuple[Param, ...] = (
     Param("tf_timeout_s", 0.5, "How long a frame waits for the camera pose at its stamp before it is dropped.",
           0.0, 10.0),
     Param("tf_cache_s", 10.0, "History kept per TF edge (next configure).", 1.0, 300.0),
-    Param("tf_pending_frames", 8, "Frames that may wait for TF at once; the oldest is dropped beyond it "
-          "(next configure).", 1, 64),
+    Param("tf_pending_frames", 8, "Frames that may wait for TF at once; the oldest is dropped beyond it.",
+          1, 64),
     Param("time_jump_reset_s", 1.0, "If an image stamp goes back by more than this (bag loop, sim time reset) "
           "the map, keyframes and TF history are cleared; 0 disables.", 0.0, 3600.0),
     # map and keyframes
