@@ -101,12 +101,23 @@ class ReasonerNode(LifecycleNode):
         from gs_reasoner_ros.scene_memory import KeyframeStore, VoxelMap
 
         self.p = self._loaded_p = p = params.read(self)
+        try:
+            self.voxel_map = VoxelMap(voxel_size=p.voxel_size, max_voxels=p.max_voxels, eviction=p.map_eviction)
+            self.keyframes = KeyframeStore(
+                max_keyframes=p.max_keyframes, min_translation=p.keyframe_min_translation_m,
+                min_rotation_deg=p.keyframe_min_rotation_deg, min_interval_s=p.keyframe_min_interval_s,
+                max_interval_s=p.keyframe_max_interval_s, eviction=p.keyframe_eviction)
+        except ValueError as err:  # parameters that disagree with each other
+            self.get_logger().error(f"bad parameters: {err}")
+            self.voxel_map = self.keyframes = None
+            return FAILURE
         self.get_logger().info(f"configuring: loading the model (checkpoint={p.checkpoint or '<none>'}, "
                                f"device={p.device})")
         try:
             self.reasoner = self._factory(p)
         except Exception as err:  # noqa: BLE001 (a bad checkpoint fails the transition, not the process)
             self.get_logger().error(f"cannot load the model: {type(err).__name__}: {err}")
+            self.voxel_map = self.keyframes = None
             return FAILURE
         untrained = bool(getattr(self.reasoner, "untrained", False))
         if untrained:
@@ -118,11 +129,6 @@ class ReasonerNode(LifecycleNode):
         self.health.set("checkpoint", p.checkpoint)
         self.health.set("device", p.device)
         self.tf = make_buffer(p.tf_cache_s)
-        self.voxel_map = VoxelMap(voxel_size=p.voxel_size, max_voxels=p.max_voxels, eviction=p.map_eviction)
-        self.keyframes = KeyframeStore(max_keyframes=p.max_keyframes, min_translation=p.keyframe_min_translation_m,
-                                       min_rotation_deg=p.keyframe_min_rotation_deg,
-                                       min_interval_s=p.keyframe_min_interval_s,
-                                       max_interval_s=p.keyframe_max_interval_s, eviction=p.keyframe_eviction)
         self.engine = QueryEngine(self.reasoner, self.keyframes, self.voxel_map, self._limits())
         self.worker = QueryWorker(p.query_queue_size, p.query_wait_s)
         self._pending = collections.deque()
