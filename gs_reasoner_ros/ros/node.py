@@ -102,7 +102,8 @@ class ReasonerNode(LifecycleNode):
 
         self.p = self._loaded_p = p = params.read(self)
         try:
-            self.voxel_map = VoxelMap(voxel_size=p.voxel_size, max_voxels=p.max_voxels, eviction=p.map_eviction)
+            self.voxel_map = VoxelMap(voxel_size=p.voxel_size, max_voxels=p.max_voxels, eviction=p.map_eviction,
+                                      device=p.map_device)
             self.keyframes = KeyframeStore(
                 max_keyframes=p.max_keyframes, min_translation=p.keyframe_min_translation_m,
                 min_rotation_deg=p.keyframe_min_rotation_deg, min_interval_s=p.keyframe_min_interval_s,

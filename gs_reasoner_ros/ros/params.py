@@ -63,6 +63,8 @@ PARAMETERS: tuple[Param, ...] = (
     Param("voxel_size", 0.02, "Voxel edge of the fused map, metres (next configure).", 0.005, 1.0),
     Param("max_voxels", 500000, "Cap on map voxels; beyond it map_eviction decides (next configure).",
           1000, 50_000_000),
+    Param("map_device", "cpu", "Where the voxel map runs: cpu (numpy) or cuda/cuda:N (torch, for fast "
+          "cameras beside the model on a GPU) (next configure).", read_only=True, pattern=r"^(cpu|cuda(:\d+)?)$"),
     Param("map_eviction", "farthest", "Which voxels go when the map is full: farthest (from the camera) "
           "or oldest (next configure).", choices=("farthest", "oldest")),
     Param("map_stride", 2, "Pixel stride when fusing depth into the map (1 = every pixel).", 1, 16),
