@@ -16,6 +16,11 @@ def pytest_configure(config):
     os.environ.setdefault("ROS_DOMAIN_ID", str(10 + (os.getpid() + int(worker[2:] or 0)) % 90))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_LOG_DIR", str(Path(config.rootpath) / "build" / "ros_log"))
+    # Every test process (and the nodes it starts) uses the shipped FastDDS profile, as the node
+    # and the demo do, so 640x480 images are not dropped by the default shared-memory segment.
+    from gs_reasoner_ros.ros import dds
+
+    dds.use_bundled_fastdds_profile()
 
 
 @pytest.fixture(scope="session")

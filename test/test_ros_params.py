@@ -22,9 +22,9 @@ def test_yaml_has_every_declared_parameter_with_its_default(path):
     assert path.read_text() == params.render_yaml()  # comments too (re-render after editing params.py)
 
 
-def test_docs_table_is_current():
-    text = (REPO / "docs" / "parameters.md").read_text()
-    assert text == params.render_markdown()
+def test_readme_table_is_current():
+    text = params.readme_section((REPO / "README.md").read_text())
+    assert text == params.render_markdown(), "run: python -m gs_reasoner_ros.ros.params readme"
     for p in params.PARAMETERS:
         assert f"| `{p.name}` |" in text
 

@@ -1,8 +1,8 @@
 """Every parameter of reasoner_node, declared in this one place.
 
 The table PARAMETERS is the single source: the node declares from it (with descriptions,
-ranges and read-only flags), config/reasoner.yaml and docs/parameters.md are rendered from
-it (`python -m gs_reasoner_ros.ros.params yaml|markdown`), and a unit test checks all three
+ranges and read-only flags), config/reasoner.yaml and README.md's parameter table are rendered from
+it (`python -m gs_reasoner_ros.ros.params yaml|readme`), and a unit test checks all three
 agree. "next configure" in a description means the value is read when the node is
 configured or activated; the others apply to the next query or tick.
 """
@@ -192,10 +192,13 @@ def render_yaml() -> str:
     return "\n".join(lines) + "\n"
 
 
+README_START, README_END = "<!-- parameters: start -->", "<!-- parameters: end -->"
+
+
 def render_markdown() -> str:
-    """docs/parameters.md: the README's parameter table."""
-    lines = ["# reasoner_node parameters", "",
-             "Rendered from `gs_reasoner_ros/ros/params.py` (`python -m gs_reasoner_ros.ros.params markdown`).",
+    """The README's parameter table (between README_START and README_END)."""
+    lines = ["Rendered from `gs_reasoner_ros/ros/params.py`; after editing it, run "
+             "`python -m gs_reasoner_ros.ros.params readme`.",
              "Read-only parameters can only be set at start (`--ros-args -p name:=value` or a params file).", "",
              "| name | default | range / values | description |", "|---|---|---|---|"]
     for p in PARAMETERS:
@@ -205,5 +208,26 @@ def render_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_section(readme_text: str) -> str:
+    """The parameter table as it stands in README.md."""
+    start, end = readme_text.index(README_START), readme_text.index(README_END)
+    return readme_text[start + len(README_START):end].strip("\n") + "\n"
+
+
+def update_readme(path) -> None:
+    """Rewrite README.md's parameter table from PARAMETERS."""
+    from pathlib import Path
+
+    path = Path(path)
+    text = path.read_text()
+    start, end = text.index(README_START), text.index(README_END)
+    path.write_text(text[:start + len(README_START)] + "\n" + render_markdown() + text[end:])
+
+
 if __name__ == "__main__":
-    print({"yaml": render_yaml, "markdown": render_markdown}[sys.argv[1]](), end="")
+    if sys.argv[1:] == ["readme"]:
+        from pathlib import Path
+
+        update_readme(Path(__file__).resolve().parents[2] / "README.md")
+    else:
+        print({"yaml": render_yaml, "markdown": render_markdown}[sys.argv[1]](), end="")
