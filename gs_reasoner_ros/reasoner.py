@@ -103,8 +103,8 @@ def check_query(question: str, options: Sequence[str] = (), task: str = "spatial
         raise ValueError("options must be strings")
     if len(options) > MAX_OPTIONS:
         raise ValueError(f"at most {MAX_OPTIONS} options, got {len(options)}")
-    if options and task != "spatial":
-        raise ValueError(f"options are only used with task 'spatial', not {task!r}")
+    if options and task == "ground":
+        raise ValueError("options are not used with task 'ground'")
     length = len(question) + sum(len(o) for o in options)
     if length > max_question_chars:
         raise ValueError(f"question and options are {length} characters; the limit is {max_question_chars}")

@@ -85,16 +85,18 @@ def _instruction_pieces(question: str, options: Sequence[str], task: str) -> lis
     spatial, numeric:  grounded_cot + "\\n" + question + "\\n"
     spatial, options:  "\\n".join([grounded_cot, question, "Options:\\n" + "\\n".join(options), ""])
     ground / qa:       direct_answer + "\\n" + question
+    qa, options:       "\\n".join([direct_answer, question, "Options:\\n" + "\\n".join(options), ""])
+                       (our extension for planners that want a quick multiple-choice answer: the
+                       release was trained on options only with the chain-of-thought prompt)
     """
     _check_task(task)
     prompts = load_prompts()
-    if task != "spatial":
-        if options:
-            raise ValueError(f"options are only used with task 'spatial', not {task!r}")
-        return [(prompts["direct_answer"] + "\n", True), (question, False)]
+    if task == "ground" and options:
+        raise ValueError("options are not used with task 'ground'")
+    head = prompts["grounded_cot" if task == "spatial" else "direct_answer"] + "\n"
     if not options:
-        return [(prompts["grounded_cot"] + "\n", True), (question, False), ("\n", True)]
-    pieces = [(prompts["grounded_cot"] + "\n", True), (question, False), ("\nOptions:\n", True)]
+        return [(head, True), (question, False)] + ([("\n", True)] if task == "spatial" else [])
+    pieces = [(head, True), (question, False), ("\nOptions:\n", True)]
     for i, option in enumerate(options):
         if i:
             pieces.append(("\n", True))

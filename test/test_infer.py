@@ -97,7 +97,7 @@ def test_checkpoint_folder_equals_tiny_seed(capsys, scene_file, tmp_path):
     (["--checkpoint", "tiny", "--scene", "{scene}", "--question", "q", "--max-new-tokens", "4000000000"],
      "max_new_tokens must be in"),
     (["--checkpoint", "tiny", "--scene", "{scene}", "--question", "q", "--task", "ground", "--options", "A. x"],
-     "options are only used"),
+     "options are not used with task 'ground'"),
     (["--checkpoint", "tiny", "--scene", "{scene}", "--question", "q", "--dump", "{tmp}/no/dir/x.npz"],
      "does not exist"),
 ])

@@ -37,8 +37,9 @@ def readme_prompts(shared_data):
 
 def readme_prompt(p, question, options=(), task="spatial"):
     """The README's formula, written out independently."""
-    if task == "spatial" and options:
-        t = "\n".join([p["grounded_cot"], question, "Options:\n" + "\n".join(options), ""])
+    if options:  # for "qa" with options this is our extension (same form, direct_answer head)
+        head = p["grounded_cot"] if task == "spatial" else p["direct_answer"]
+        t = "\n".join([head, question, "Options:\n" + "\n".join(options), ""])
     elif task == "spatial":
         t = p["grounded_cot"] + "\n" + question + "\n"
     else:
@@ -60,7 +61,8 @@ def authors_ids(tokenizer, prompt):
 CASES = [("How far is the sofa from the TV (in meters)?", (), "spatial"),
          ("Which is closer to the door?", ("A. chair", "B. table", "C. bed"), "spatial"),
          ("the red mug on the shelf next to the window", (), "ground"),
-         ("What color is the couch?", (), "qa")]
+         ("What color is the couch?", (), "qa"),
+         ("Is the door on my left?", ("A. yes", "B. no"), "qa")]
 
 
 def test_package_prompts_are_the_shared_bytes(readme_prompts):

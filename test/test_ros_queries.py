@@ -117,7 +117,6 @@ def test_clamping_is_reported():
     ("ok?", ["x" * 1500, "y" * 1500], False, "question and options have"),
     ("ok?", [""], False, "option 1 is empty"),
     ("ok?", ["a"] * 27, False, "at most 26"),
-    ("ok?", ["a", "b"], True, "direct=false"),
 ])
 def test_bad_requests_are_refused_before_the_model(rotated_room, question, options, direct, error):
     e = engine(rotated_room)
@@ -259,3 +258,10 @@ def test_stop_releases_callers_while_the_model_still_runs():
     assert errors == ["the node is shutting down"] * 2
     with pytest.raises(Refused, match="shutting down"):
         w.run(lambda: 0)
+
+
+def test_direct_multiple_choice_goes_to_the_direct_prompt_with_its_options(rotated_room):
+    e = engine(rotated_room)
+    out = e.ask("Is the sofa left of the tv?", ["A. yes", "B. no"], direct=True)
+    assert out.success
+    assert e.reasoner.calls[0]["task"] == "qa" and list(e.reasoner.calls[0]["options"]) == ["A. yes", "B. no"]

@@ -115,8 +115,6 @@ class QueryEngine:
             if total > self.limits.max_question_chars:
                 raise ValueError(f"question and options have {total} characters; the limit is "
                                  f"{self.limits.max_question_chars} (max_question_chars)")
-            if direct and opts:
-                raise ValueError("multiple-choice options need the chain-of-thought prompt: set direct=false")
         except ValueError as err:
             return QueryOutcome(False, str(err))
         return QueryRequest(q, opts, "qa" if direct else "spatial", int(max_new_tokens))
