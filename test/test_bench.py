@@ -57,3 +57,8 @@ def test_bench_rejects_bad_arguments(capsys):
     assert "--rates" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["bench", "nothing"])
+
+
+def test_bench_gpu_rejects_too_few_tokens(capsys):
+    assert cli.main(["bench", "gpu", "--tiny", "--grounding-tokens", "1"]) == 2
+    assert "--grounding-tokens must be at least 2" in capsys.readouterr().err

@@ -134,3 +134,16 @@ def test_bad_input_is_a_clear_error(lm):
         dec.generate(embeds(4, seed=0), 0)
     with pytest.raises(ValueError, match="CUDA"):
         GreedyDecoder(lm, use_cuda_graphs=True)
+
+
+def test_failed_compile_falls_back_to_eager_steps(lm, monkeypatch, caplog):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    prompt = embeds(20, seed=10)
+    dec = GreedyDecoder(lm, max_cache_len=64, compile=True)
+    with caplog.at_level("WARNING"):
+        dec.warmup()
+    assert "no compiler here" in caplog.text and dec.compile is False
+    assert dec.generate(prompt, 8).ids.tolist() == naive_greedy(lm, prompt, 8)[0]

@@ -94,7 +94,7 @@ def fp32_check(layers: int = 4, new_tokens: int = 32) -> dict:
         out[f"fp32_{name}_ids_equal_whole"] = whole.ids.tolist() == ref_ids
         out[f"fp32_{name}_ids_equal_prefix"] = follow.ids.tolist() == ref_ids
         out[f"fp32_{name}_prompt_logits_rel_err"] = rel
-        del dec
+        dec = None
     print(out, flush=True)
     return out
 
@@ -172,7 +172,7 @@ def main() -> int:
             summary[f"decode_wall_ms_{mode}"] = bench_ms(lambda: (dec._pos.fill_(PROMPT), step()), reps=10)
             print(f"decode step {mode}: {us / 1e3:.3f} ms device time in {n} kernels", flush=True)
             write_summary()
-            del dec
+            dec = None
         summary["elapsed_s"] = time.perf_counter() - t_start
         summary["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
         write_summary()

@@ -48,7 +48,8 @@ def main() -> int:
     pixels = torch.rand(args.frames, 3, cfg.image_size, cfg.image_size, device="cuda") * 2 - 1
     tokens = args.frames * (cfg.image_size // cfg.patch_size) ** 2
     params = sum(p.numel() for p in tower.encoder.parameters())
-    flops = 2 * params * tokens + 4 * cfg.num_hidden_layers * args.frames * (tokens // args.frames) ** 2 * cfg.hidden_size
+    per_frame = tokens // args.frames
+    flops = 2 * params * tokens + 4 * cfg.num_hidden_layers * args.frames * per_frame**2 * cfg.hidden_size
     result = {"frames": args.frames, "layers": cfg.num_hidden_layers, "tflop": flops / 1e12,
               "default_attn": str(tower.config._attn_implementation)}
 
