@@ -117,6 +117,17 @@ def check_query(question: str, options: Sequence[str] = (), task: str = "spatial
     return int(max_new_tokens)
 
 
+def _check_finite(out) -> None:
+    """Refuse an answer decoded from NaN/inf logits (broken weights, fp16 overflow): greedy
+    decoding would still emit tokens, and they would read like an answer."""
+    import torch
+
+    probs = torch.as_tensor(out.token_probs)
+    if not (bool(torch.isfinite(out.last_prompt_logits).all()) and bool(torch.isfinite(probs).all())):
+        raise FloatingPointError("the language model produced NaN/inf logits (corrupt weights, or an overflow "
+                                 "in float16: try dtype bfloat16 or float32)")
+
+
 class Reasoner:
     """GS-Reasoner behind one `answer()` call. Thread-safe: queries run one at a time."""
 
@@ -173,10 +184,15 @@ class Reasoner:
         model.eval()
         try:
             tokenizer = load_tokenizer(path)
-        except ValueError:
-            if not untrained:
+        except Exception as err:  # noqa: BLE001
+            if untrained and isinstance(err, ValueError):
+                tokenizer = build_tiny_tokenizer()
+            elif type(err) is ValueError:  # load_tokenizer's own, which names the folder
                 raise
-            tokenizer = build_tiny_tokenizer()
+            else:  # corrupt files raise JSONDecodeError, OSError, tokenizers' own errors
+                files = sorted(n for n in os.listdir(path) if n.startswith(("tokenizer", "vocab", "merges")))
+                raise ValueError(f"{path}: cannot read the tokenizer ({', '.join(files) or 'no files'}): "
+                                 f"{type(err).__name__}: {err}") from None
         return cls(model, tokenizer, deterministic=deterministic, num_frames=num_frames, seed=seed,
                    untrained=untrained, checkpoint=None if untrained else path,
                    max_question_chars=max_question_chars, max_new_tokens_cap=max_new_tokens_cap)
@@ -219,6 +235,7 @@ class Reasoner:
             stages = dict(getattr(self.model, "timings", None) or {})  # read under the lock
             ids = prompt_ids(self.tokenizer, question, options, task)
             out = self.model.generate(ids, visual, budget, self.eos_token_ids)
+            _check_finite(out)
             t3 = time.perf_counter()
         text, spans = token_spans(self.tokenizer, out.ids)
         think, answer_text, objects = parse_output(text)

@@ -168,6 +168,21 @@ class VoxelMap:
         with self._lock:
             self._reset()
 
+    def transform(self, T) -> None:
+        """Move the whole map by the rigid 4x4 `T` (re-anchoring after a relocalisation). Voxels
+        are re-binned at their moved centroids with their mean colours, so each counts as one
+        observation from here on and eviction ages restart."""
+        T = check_transform(T, "T")
+        with self._lock:
+            pts = self._numpy(self._centroids()).astype(np.float64)
+            cols = np.ascontiguousarray(self._numpy(self._mean_colors()))
+            origin = T[:3, :3] @ self._last_origin + T[:3, 3]
+            self._reset()
+            if len(pts) == 0:
+                return
+            moved = (pts @ T[:3, :3].T + T[:3, 3]) * (1.0 / self.voxel_size)
+            self._integrate([np.ascontiguousarray(moved[:, i]) for i in range(3)], cols, origin)
+
     # -- backend hooks (numpy here; TorchVoxelMap overrides them) --
 
     @staticmethod
@@ -731,6 +746,24 @@ class KeyframeStore:
         with self._lock:
             self._frames.clear()
             self._last = None
+
+    def new_timeline(self) -> None:
+        """Stamps restart (a bag loops) but the keyframes stay valid: judge the next frame as if
+        it were the first, instead of refusing it as older than the newest keyframe."""
+        with self._lock:
+            self._last = None
+
+    def transform(self, T) -> None:
+        """Move every keyframe's pose by the rigid 4x4 `T` (re-anchoring after a relocalisation)."""
+        import dataclasses
+
+        T = check_transform(T, "T")
+        with self._lock:
+            moved = {id(f): dataclasses.replace(f, pose=T @ f.pose) for f in self._frames}
+            if self._last is not None and id(self._last) not in moved:
+                moved[id(self._last)] = dataclasses.replace(self._last, pose=T @ self._last.pose)
+            self._frames = [moved[id(f)] for f in self._frames]
+            self._last = None if self._last is None else moved[id(self._last)]
 
     @property
     def newest_stamp(self) -> float | None:

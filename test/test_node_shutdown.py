@@ -77,12 +77,12 @@ def test_exit_within_two_seconds_during_a_query(sig):
         ctx.try_shutdown()
 
 
+# A configure that fails (missing checkpoint, inconsistent parameters) leaves the node up and
+# reporting: test_reliability_faults.py. Values rclpy refuses at declaration end the process.
 @pytest.mark.parametrize("args, status, says", [
-    (["-p", "checkpoint:=/nonexistent/gs-reasoner"], 1, "/nonexistent/gs-reasoner"),
     (["-p", "voxel_size:=5.0"], 2, "voxel_size"),
     (["-p", "input_qos:=FAST"], 2, "input_qos"),
-    (["-p", "keyframe_min_interval_s:=10.0", "-p", "keyframe_max_interval_s:=1.0"], 1, "max_interval_s"),
-], ids=["missing-checkpoint", "out-of-range", "bad-choice", "inconsistent"])
+], ids=["out-of-range", "bad-choice"])
 def test_bad_configuration_fails_at_start_with_a_message(args, status, says):
     proc = subprocess.run([sys.executable, "-m", "gs_reasoner_ros.ros.node", "--ros-args", *args],
                           capture_output=True, text=True, timeout=60)

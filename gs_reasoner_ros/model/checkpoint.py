@@ -74,11 +74,9 @@ class WeightFiles:
 
     def _scan(self, file: Path) -> Iterator[tuple[str, tuple[int, ...]]]:
         if file.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(file), framework="pt") as f:
-                for key in f.keys():
-                    yield key, tuple(f.get_slice(key).get_shape())
+            with _safetensors(file) as f:
+                keys = [(key, tuple(f.get_slice(key).get_shape())) for key in f.keys()]
+            yield from keys
         else:
             tensors = _load_pickle(file)
             self._pickled[file] = tensors
@@ -92,11 +90,22 @@ class WeightFiles:
             if file in self._pickled:
                 yield from ((k, self._pickled[file][k]) for k in wanted)
                 continue
-            from safetensors import safe_open
-
-            with safe_open(str(file), framework="pt") as f:
+            with _safetensors(file) as f:
                 for key in wanted:
                     yield key, f.get_tensor(key)
+
+
+@contextmanager
+def _safetensors(file: Path):
+    """safe_open, with safetensors' own errors (truncated or corrupt files) naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        handle = safe_open(str(file), framework="pt")
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{file}: not a readable safetensors file (truncated or corrupt?): {err}") from None
+    with handle as f:
+        yield f
 
 
 def _weight_files(path: Path) -> list[Path]:

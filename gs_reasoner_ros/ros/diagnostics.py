@@ -77,24 +77,34 @@ def diagnostic_array(node_name: str, stamp, snap: dict, active: bool) -> Diagnos
     g = snap.get
     inputs = {k: g(k, 0) for k in ("color_hz", "depth_hz", "camera_info_hz", "synced_hz", "integrated_hz",
                                    "synced_total", "sync_dropped_total", "rejected_total")}
+    inputs.update({k: g(k, 0) for k in ("input_gaps_total", "last_input_gap_s")})
     inputs["last_rejection"] = g("last_rejection", "")
+    age = g("last_frame_age_s", "never")
+    inputs["last_frame_age_s"] = age
+    stalled = isinstance(age, (int, float)) and age > g("input_gap_s", float("inf"))
     if not active:
         level, msg = OK, "inactive (no intake)"
     elif g("synced_hz", 0) == 0:
         level, msg = WARN, "no synced colour/depth/camera_info frames in the last 5 s"
     elif g("rejected_hz", 0) > 0:
         level, msg = WARN, f"rejecting input: {g('last_rejection', '')}"
+    elif stalled:
+        level, msg = WARN, f"no synced frame for {age:.1f} s (input_gap_s)"
     else:
         level, msg = OK, f"{g('synced_hz', 0):.1f} synced frames/s"
     tf = {k: g(k, 0) for k in ("tf_hz", "tf_failures_total", "tf_waiting", "tf_invalid_total")}
     tf["last_tf_failure"] = g("last_tf_failure", "")
     tf_level = WARN if g("tf_failures_hz", 0) > 0 else OK
     tf_msg = f"dropping frames without a pose: {g('last_tf_failure', '')}" if tf_level == WARN else "poses found"
-    mapping = {k: g(k, 0) for k in ("keyframes", "map_points", "integrated_total", "time_jump_resets_total")}
-    model = {k: g(k, "") for k in ("model_loaded", "untrained", "checkpoint", "device")}
+    mapping = {k: g(k, 0) for k in ("keyframes", "map_points", "integrated_total", "newest_integrated_stamp",
+                                    "time_jump_resets_total", "relocalizations_total")}
+    mapping.update({k: g(k, "") for k in ("last_time_jump", "last_relocalization")})
+    model = {k: g(k, "") for k in ("model_loaded", "untrained", "checkpoint", "device", "configure_error")}
     model.update({k: g(k, 0) for k in ("queries_served_total", "queries_failed_total", "queries_refused_total",
                                        "last_query_latency_s", "query_running")})
-    if not g("model_loaded", False):
+    if not g("model_loaded", False) and g("configure_error", ""):
+        m_level, m_msg = ERROR, f"configure failed: {g('configure_error')}"
+    elif not g("model_loaded", False):
         m_level, m_msg = ERROR, "model not loaded (node not configured)"
     elif g("untrained", False):
         m_level, m_msg = WARN, "UNTRAINED model weights (no checkpoint): answers are meaningless"

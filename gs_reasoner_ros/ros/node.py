@@ -3,9 +3,16 @@
 A thin shell: it converts messages and delegates to ROS-free libraries (scene_memory for
 keyframes and the voxel map, queries for the service logic, the reasoner for the model).
 
-Lifecycle: configure loads the model and allocates the stores, publishers, services and TF
-subscriptions; activate subscribes to the camera (intake); deactivate stops intake; cleanup
-frees everything. With autostart (default) it configures and activates itself at start.
+Lifecycle: configure loads the model and allocates the stores and TF subscriptions; activate
+subscribes to the camera (intake); deactivate stops intake; cleanup frees everything. The
+services and /diagnostics exist in every state, so a node whose configure failed (a broken
+checkpoint) stays up and says why on /diagnostics and in every service answer. With autostart
+(default) it configures and activates itself at start.
+
+Faults it absorbs: a camera that pauses (counted as an input gap), a localiser that jumps
+(relocalisation: the map is cleared or re-anchored), stamps or the ROS clock going back (a new
+timeline: TF, synchronizer queues and waiting frames are dropped, the map and keyframes too
+unless told otherwise).
 
 Threads (MultiThreadedExecutor): intake (synced frames + the TF-wait retry timer) in one
 mutually exclusive group, TF in another, outputs (map cloud, diagnostics) in a third, the
@@ -25,6 +32,8 @@ import time
 import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import JumpThreshold
+from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -45,6 +54,8 @@ from gs_reasoner_ros.srv import AskSpatialQuestion, ExportScene, GroundObjects
 
 NODE_NAME = "gs_reasoner"
 PENDING_RETRY_S = 0.02
+RELOCALIZATION_WINDOW_S = 1.0  # consecutive frames further apart may legitimately have moved far
+MAX_TRACKED_TF_EDGES = 4096  # newest-stamp bookkeeping; beyond it the table restarts (hostile TF)
 WARN_THROTTLE_S = 5.0
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
@@ -75,7 +86,13 @@ class ReasonerNode(LifecycleNode):
         self._groups["services"] = ReentrantCallbackGroup()
         self._intake_lock = threading.RLock()
         self._active = False
+        self._configure_error = ""
         self._release()
+        self._create_outputs()
+        self._create_services()
+        # In every state, so a failed configure is reported. (rclpy's Node owns self._timers.)
+        self._diagnostics_timer = self.create_timer(self.p.diagnostics_period_s, self._publish_diagnostics,
+                                                    callback_group=self._groups["output"])
         if self.p.autostart:
             self.autostart()
 
@@ -101,6 +118,8 @@ class ReasonerNode(LifecycleNode):
         from gs_reasoner_ros.scene_memory import KeyframeStore, VoxelMap
 
         self.p = self._loaded_p = p = params.read(self)
+        self._configure_error = ""
+        self.health.set("configure_error", "")
         try:
             self.voxel_map = VoxelMap(voxel_size=p.voxel_size, max_voxels=p.max_voxels, eviction=p.map_eviction,
                                       device=p.map_device)
@@ -109,17 +128,13 @@ class ReasonerNode(LifecycleNode):
                 min_rotation_deg=p.keyframe_min_rotation_deg, min_interval_s=p.keyframe_min_interval_s,
                 max_interval_s=p.keyframe_max_interval_s, eviction=p.keyframe_eviction)
         except ValueError as err:  # parameters that disagree with each other
-            self.get_logger().error(f"bad parameters: {err}")
-            self.voxel_map = self.keyframes = None
-            return FAILURE
+            return self._configure_failed(f"bad parameters: {err}")
         self.get_logger().info(f"configuring: loading the model (checkpoint={p.checkpoint or '<none>'}, "
                                f"device={p.device})")
         try:
             self.reasoner = self._factory(p)
         except Exception as err:  # noqa: BLE001 (a bad checkpoint fails the transition, not the process)
-            self.get_logger().error(f"cannot load the model: {type(err).__name__}: {err}")
-            self.voxel_map = self.keyframes = None
-            return FAILURE
+            return self._configure_failed(f"cannot load the model: {type(err).__name__}: {err}")
         untrained = bool(getattr(self.reasoner, "untrained", False))
         if untrained:
             self.get_logger().warning("NO CHECKPOINT: running a tiny UNTRAINED model; every answer is "
@@ -133,19 +148,19 @@ class ReasonerNode(LifecycleNode):
         self.engine = QueryEngine(self.reasoner, self.keyframes, self.voxel_map, self._limits())
         self.worker = QueryWorker(p.query_queue_size, p.query_wait_s)
         self._pending = collections.deque()
-        self._create_outputs()
-        self._create_services()
+        if p.time_jump_reset_s > 0:  # only fires for ROS time, i.e. use_sim_time with a /clock
+            threshold = JumpThreshold(min_forward=None, min_backward=Duration(seconds=-p.time_jump_reset_s),
+                                      on_clock_change=False)
+            self._jump_handle = self.get_clock().create_jump_callback(threshold, post_callback=self._on_clock_jump)
         g = self._groups
         self._subs = [
             self.create_subscription(TFMessage, "/tf", self._on_tf, qos.TF, callback_group=g["tf"]),
             self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, static=True),
                                      qos.TF_STATIC, callback_group=g["tf"]),
         ]
-        self._timers = [self.create_timer(PENDING_RETRY_S, self._retry_pending, callback_group=g["intake"]),
-                        self.create_timer(p.diagnostics_period_s, self._publish_diagnostics,
-                                          callback_group=g["output"])]
+        self._configured_timers = [self.create_timer(PENDING_RETRY_S, self._retry_pending, callback_group=g["intake"])]
         if p.map_publish_period_s > 0:
-            self._timers.append(self.create_timer(p.map_publish_period_s, self._publish_map,
+            self._configured_timers.append(self.create_timer(p.map_publish_period_s, self._publish_map,
                                                   callback_group=g["output"]))
         return SUCCESS
 
@@ -157,7 +172,7 @@ class ReasonerNode(LifecycleNode):
                         mf.Subscriber(self, Image, "depth/image", qos_profile=profile, callback_group=g),
                         mf.Subscriber(self, CameraInfo, "color/camera_info", qos_profile=profile, callback_group=g)]
         for f, name in zip(self._inputs, ("color", "depth", "camera_info")):
-            f.registerCallback(lambda _m, n=name: self.health.count(n))
+            f.registerCallback(lambda m, n=name: self._on_input(n, m))  # before the synchronizer sees m
         self._sync = mf.ApproximateTimeSynchronizer(self._inputs, p.sync_queue_size, p.sync_slop_s)
         self._sync.registerCallback(self._on_frame)
         self._active = True
@@ -195,27 +210,37 @@ class ReasonerNode(LifecycleNode):
             if getattr(self, "_pending", None) is not None:
                 self._pending.clear()
 
+    def _configure_failed(self, why: str) -> TransitionCallbackReturn:
+        """Stay unconfigured and keep saying why (log, /diagnostics, every service answer)."""
+        self.get_logger().error(why)
+        self._configure_error = why
+        self.health.set("configure_error", why)
+        self.voxel_map = self.keyframes = None
+        return FAILURE
+
     def _release(self) -> None:
-        """Drop everything configure made (also the initial state)."""
+        """Drop everything configure made (also the initial state). Publishers, services and
+        the diagnostics timer stay: they report the state, whatever it is."""
         worker = getattr(self, "worker", None)
         if worker is not None:
             worker.stop()
-        for timer in getattr(self, "_timers", []):
+        for timer in getattr(self, "_configured_timers", []):
             self.destroy_timer(timer)
         for sub in getattr(self, "_subs", []):
             self.destroy_subscription(sub)
-        for srv in getattr(self, "_services_made", []):
-            self.destroy_service(srv)
-        for pub in getattr(self, "_pubs", {}).values():
-            self.destroy_publisher(pub)
-        self._timers, self._subs, self._services_made, self._pubs = [], [], [], {}
+        handle = getattr(self, "_jump_handle", None)
+        if handle is not None:
+            handle.unregister()
+        self._configured_timers, self._subs, self._jump_handle = [], [], None
         self.reasoner = self.tf = self.voxel_map = self.keyframes = self.engine = self.worker = None
         self._loaded_p = None
         self._pending = None
         self._inputs, self._sync = [], None
         self._map_version = self._published_version = 0
-        self._last_image_stamp = self._newest_tf_stamp = None
         self._newest_integrated = 0.0
+        self._newest_input, self._newest_tf = {}, {}
+        self._last_pose = None  # (stamp, camera pose) of the last integrated frame
+        self._last_synced_wall = None
         self.health.set("model_loaded", False)
 
     def stop(self, timeout_s: float = 0.5) -> bool:
@@ -225,6 +250,10 @@ class ReasonerNode(LifecycleNode):
         return self.worker is None or self.worker.stop(timeout_s)
 
     # ---- entities -------------------------------------------------------------------
+
+    def _not_configured(self) -> str:
+        why = f"the node is {self.state}, not configured"
+        return f"{why}: {self._configure_error}" if self._configure_error else why
 
     def _create_outputs(self) -> None:
         g = self._groups["output"]
@@ -257,8 +286,33 @@ class ReasonerNode(LifecycleNode):
         self.health.set("last_rejection", f"{what}: {err}")
         self.get_logger().warning(f"rejected {what}: {err} ({n} so far)", throttle_duration_sec=WARN_THROTTLE_S)
 
+    def _on_input(self, name: str, msg) -> None:
+        """Every colour, depth and camera_info message, before the synchronizer: count it and
+        start a new timeline when its stamps went back (a stale message must never pair with
+        the new timeline's)."""
+        self.health.count(name)
+        threshold = self.p.time_jump_reset_s
+        if threshold <= 0:
+            return
+        try:
+            stamp = conversions.stamp_to_sec(msg.header.stamp)
+        except Exception:  # noqa: BLE001 (the decoder rejects it later)
+            return
+        with self._intake_lock:
+            newest = self._newest_input.get(name)
+            if newest is not None and stamp < newest - threshold:
+                self._new_timeline(f"{name} stamps jumped back {newest - stamp:.1f} s")
+                newest = None
+            self._newest_input[name] = stamp if newest is None else max(stamp, newest)
+
     def _on_frame(self, color: Image, depth: Image, info: CameraInfo) -> None:
         self.health.count("synced")
+        now = time.monotonic()
+        last, self._last_synced_wall = self._last_synced_wall, now
+        if last is not None and now - last > self.p.input_gap_s:
+            self.health.count("input_gaps")
+            self.health.set("last_input_gap_s", round(now - last, 2))
+            self.get_logger().warning(f"camera input resumed after a {now - last:.1f} s gap (input_gap_s)")
         if not self._active:
             return
         try:
@@ -310,10 +364,8 @@ class ReasonerNode(LifecycleNode):
         from gs_reasoner_ros.scene_memory import Frame
 
         p = self.p
-        if (self._last_image_stamp is not None and p.time_jump_reset_s > 0
-                and f.stamp < self._last_image_stamp - p.time_jump_reset_s):
-            self._reset_memory(f"image stamps jumped back {self._last_image_stamp - f.stamp:.1f} s")
-        self._last_image_stamp = f.stamp
+        self._check_relocalization(f.stamp, pose)
+        self._last_pose = (f.stamp, pose)
         try:
             frame = Frame(rgb=f.rgb, depth=f.depth, K=f.k, pose=pose, stamp=f.stamp)
             self.voxel_map.integrate_frame(frame, stride=p.map_stride)
@@ -325,13 +377,74 @@ class ReasonerNode(LifecycleNode):
         self._newest_integrated = max(self._newest_integrated, f.stamp)
         self.health.count("integrated")
 
-    def _reset_memory(self, why: str) -> None:
-        self.get_logger().warning(f"{why}: clearing the map, keyframes and TF history (time_jump_reset_s)")
-        self.health.count("time_jump_resets")
-        self.voxel_map.clear()
-        self.keyframes.clear()
+    def _check_relocalization(self, stamp: float, pose: np.ndarray) -> None:
+        """A pose jump between consecutive frames is the localiser correcting world_frame, not
+        motion: clear or re-anchor the memory (relocalization_action) instead of fusing both."""
+        p, last = self.p, self._last_pose
+        if last is None or not 0.0 <= stamp - last[0] <= RELOCALIZATION_WINDOW_S:
+            return
+        delta = pose @ np.linalg.inv(last[1])  # old world -> new world, if the camera stood still
+        moved = float(np.linalg.norm(pose[:3, 3] - last[1][:3, 3]))
+        turned = float(np.degrees(np.arccos(np.clip((np.trace(delta[:3, :3]) - 1.0) / 2.0, -1.0, 1.0))))
+        if not ((0 < p.relocalization_jump_m < moved) or (0 < p.relocalization_jump_deg < turned)):
+            return
+        n = self.health.count("relocalizations")
+        why = f"camera pose jumped {moved:.2f} m / {turned:.0f} deg in {stamp - last[0]:.2f} s"
+        if p.relocalization_action == "reanchor":
+            self.voxel_map.transform(delta)
+            self.keyframes.transform(delta)
+        else:
+            self.voxel_map.clear()
+            self.keyframes.clear()
         self._map_version += 1
-        self._newest_integrated = 0.0
+        self.health.set("last_relocalization", f"{why}: {p.relocalization_action}")
+        self.get_logger().warning(f"relocalisation ({n} so far): {why}; map and keyframes "
+                                  f"{'re-anchored' if p.relocalization_action == 'reanchor' else 'cleared'}")
+
+    def _new_timeline(self, why: str) -> None:
+        """Time went back: drop every time-dependent state so two timelines never mix."""
+        with self._intake_lock:
+            clear_map = self.p.time_jump_clear_map
+            self.get_logger().warning(f"{why}: starting a new timeline (time_jump_reset_s): TF history, "
+                                      f"synchronizer queues, frames waiting for TF"
+                                      f"{', map and keyframes' if clear_map else ''} dropped")
+            self.health.count("time_jump_resets")
+            self.health.set("last_time_jump", why)
+            if self.tf is not None:
+                self.tf.clear()
+            self._clear_sync_queues()
+            if self._pending is not None:
+                self._pending.clear()
+            self._newest_input, self._newest_tf = {}, {}
+            self._last_pose = None
+            if self.keyframes is None:
+                return
+            if clear_map:
+                self.voxel_map.clear()
+                self.keyframes.clear()
+                self._map_version += 1
+                self._newest_integrated = 0.0
+            else:
+                self.keyframes.new_timeline()
+
+    def _clear_sync_queues(self) -> None:
+        sync = self._sync
+        if sync is None:
+            return
+        if hasattr(sync, "clear"):  # ours
+            sync.clear()
+            return
+        lock, queues = getattr(sync, "lock", None), getattr(sync, "queues", None)  # the system one's
+        if lock is not None and queues is not None:
+            with lock:
+                for q in queues:
+                    q.clear()
+
+    def _on_clock_jump(self, jump) -> None:
+        try:
+            self._new_timeline(f"the ROS clock jumped back {-jump.delta.nanoseconds * 1e-9:.1f} s")
+        except Exception as err:  # noqa: BLE001 (never raise into rclpy's clock)
+            self.get_logger().error(f"resetting after a clock jump failed: {err}")
 
     def _on_tf(self, msg: TFMessage, static: bool = False) -> None:
         tf, p = self.tf, self.p
@@ -341,11 +454,7 @@ class ReasonerNode(LifecycleNode):
             try:
                 stamp = conversions.stamp_to_sec(ts.header.stamp)
                 if not static and p.time_jump_reset_s > 0:
-                    if self._newest_tf_stamp is not None and stamp < self._newest_tf_stamp - p.time_jump_reset_s:
-                        self.get_logger().warning("TF stamps jumped back: clearing the TF history")
-                        tf.clear()
-                        self._newest_tf_stamp = None
-                    self._newest_tf_stamp = max(stamp, self._newest_tf_stamp or stamp)
+                    self._check_tf_stamp(ts.child_frame_id, stamp, p.time_jump_reset_s)
                 t, r = ts.transform.translation, ts.transform.rotation
                 tf.set_transform(ts.header.frame_id.lstrip("/"), ts.child_frame_id.lstrip("/"), stamp,
                                  (t.x, t.y, t.z), (r.x, r.y, r.z, r.w), static=static)
@@ -354,6 +463,16 @@ class ReasonerNode(LifecycleNode):
                 self.get_logger().warning(f"ignored a transform {ts.header.frame_id!r} -> {ts.child_frame_id!r}: "
                                           f"{err} ({n} so far)", throttle_duration_sec=WARN_THROTTLE_S)
         self.health.count("tf")
+
+    def _check_tf_stamp(self, child: str, stamp: float, threshold: float) -> None:
+        """Per edge: localisers legitimately publish older stamps than odometry does."""
+        newest = self._newest_tf.get(child)
+        if newest is not None and stamp < newest - threshold:
+            self._new_timeline(f"TF stamps of {child!r} jumped back {newest - stamp:.1f} s")
+            newest = None
+        if len(self._newest_tf) >= MAX_TRACKED_TF_EDGES and child not in self._newest_tf:
+            self._newest_tf = {}
+        self._newest_tf[child] = stamp if newest is None else max(stamp, newest)
 
     # ---- outputs --------------------------------------------------------------------
 
@@ -374,6 +493,10 @@ class ReasonerNode(LifecycleNode):
             if self.keyframes is not None:
                 self.health.set("keyframes", len(self.keyframes))
                 self.health.set("map_points", len(self.voxel_map))
+                self.health.set("newest_integrated_stamp", round(self._newest_integrated, 3))
+            last = self._last_synced_wall
+            self.health.set("last_frame_age_s", "never" if last is None else round(time.monotonic() - last, 2))
+            self.health.set("input_gap_s", self.p.input_gap_s)
             self.health.set("query_running", bool(self.worker and self.worker.busy))
             if self._sync is not None:  # the system message_filters does not count its drops
                 self.health.set("sync_dropped_total", getattr(self._sync, "dropped", "n/a"))
@@ -393,7 +516,7 @@ class ReasonerNode(LifecycleNode):
         """Validate in the service thread, run the model on the worker, publish markers."""
         engine, worker = self.engine, self.worker
         if engine is None or worker is None:
-            return QueryOutcome(False, f"the node is {self.state}, not configured")
+            return QueryOutcome(False, self._not_configured())
         engine.limits = self._limits()
         request = prepare(engine, *args)
         if isinstance(request, QueryOutcome):
@@ -439,7 +562,7 @@ class ReasonerNode(LifecycleNode):
 
     def _srv_clear(self, req, resp):
         if self.keyframes is None:
-            resp.success, resp.message = False, f"the node is {self.state}, not configured"
+            resp.success, resp.message = False, self._not_configured()
             return resp
         with self._intake_lock:
             n_kf, n_pts = len(self.keyframes), len(self.voxel_map)
@@ -449,6 +572,7 @@ class ReasonerNode(LifecycleNode):
                 self._pending.clear()
             self._map_version += 1
             self._newest_integrated = 0.0
+            self._last_pose = None
         self._publish_markers(QueryOutcome(True))
         resp.success, resp.message = True, f"cleared {n_kf} keyframes and {n_pts} map points"
         return resp
@@ -456,7 +580,7 @@ class ReasonerNode(LifecycleNode):
     def _srv_export(self, req, resp):
         resp.success, resp.path = False, ""
         if self.keyframes is None:
-            resp.message = f"the node is {self.state}, not configured"
+            resp.message = self._not_configured()
             return resp
         try:
             path = export_scene(self.keyframes, self.p.export_root, req.name, self.engine.alignment())
@@ -488,8 +612,9 @@ def run(argv=None, reasoner_factory=None) -> int:
     try:
         node = ReasonerNode(reasoner_factory=reasoner_factory)
         if node.p.autostart and node.state != "active":
-            node.get_logger().error("autostart failed (see above); exiting")
-            return 1
+            node.get_logger().error("autostart failed (see above); staying up unconfigured, saying why on "
+                                    "/diagnostics and in every service answer: fix the cause and configure "
+                                    "again (lifecycle ~/change_state) or restart")
         executor = MultiThreadedExecutor(num_threads=node.executor_threads())
         executor.add_node(node)
         while rclpy.ok():

@@ -57,8 +57,24 @@ PARAMETERS: tuple[Param, ...] = (
     Param("tf_cache_s", 10.0, "History kept per TF edge (next configure).", 1.0, 300.0),
     Param("tf_pending_frames", 8, "Frames that may wait for TF at once; the oldest is dropped beyond it.",
           1, 64),
-    Param("time_jump_reset_s", 1.0, "If an image stamp goes back by more than this (bag loop, sim time reset) "
-          "the map, keyframes and TF history are cleared; 0 disables.", 0.0, 3600.0),
+    Param("time_jump_reset_s", 1.0, "If the stamps of an input or a TF edge, or the ROS clock (use_sim_time), go "
+          "back by more than this (bag loop, simulator reset), the node starts a new timeline: TF history, "
+          "synchronizer queues and frames waiting for TF are dropped, and the map and keyframes as "
+          "time_jump_clear_map says; 0 disables.", 0.0, 3600.0),
+    Param("time_jump_clear_map", True, "On a new timeline (time_jump_reset_s) also clear the map and keyframes; "
+          "false keeps them (a bag that loops over the same place in the same world_frame)."),
+    Param("input_gap_s", 1.0, "A pause between synced frames longer than this is counted on /diagnostics as an "
+          "input gap (camera stopped and restarted), and the input status warns while it lasts.", 0.05, 3600.0),
+    Param("relocalization_jump_m", 0.0, "A camera pose that moves more than this between consecutive frames "
+          "less than 1 s apart is a relocalisation (the localiser corrected world_frame), handled by "
+          "relocalization_action. 0 (default) disables it: replays of sparse keyframes (the demo) jump by "
+          "design; on a robot with a localiser set it to a distance the camera cannot travel in one frame "
+          "interval, e.g. 0.5.", 0.0, 100.0),
+    Param("relocalization_jump_deg", 0.0, "The same for the rotation between consecutive frames, degrees "
+          "(e.g. 45); 0 (default) disables the rotation test.", 0.0, 180.0),
+    Param("relocalization_action", "clear", "What a relocalisation does: clear (forget the map and keyframes: "
+          "never fuses two inconsistent frames) or reanchor (move the map and keyframes by the jump, "
+          "assuming the camera itself hardly moved between the two frames).", choices=("clear", "reanchor")),
     # map and keyframes
     Param("voxel_size", 0.02, "Voxel edge of the fused map, metres (next configure).", 0.005, 1.0),
     Param("max_voxels", 500000, "Cap on map voxels; beyond it map_eviction decides (next configure).",
@@ -96,7 +112,7 @@ PARAMETERS: tuple[Param, ...] = (
           0.0, 3600.0),
     Param("export_root", "~/.ros/gs_reasoner/exports", "Folder ~/export_scene writes into; names "
           "resolving outside it are refused.", read_only=True),
-    Param("diagnostics_period_s", 1.0, "Period of /diagnostics (next configure).", 0.1, 60.0),
+    Param("diagnostics_period_s", 1.0, "Period of /diagnostics (read at start).", 0.1, 60.0),
 )
 
 BY_NAME = {p.name: p for p in PARAMETERS}

@@ -82,6 +82,12 @@ class ApproximateTimeSynchronizer(SimpleFilter):
         for i, f in enumerate(fs):
             f.registerCallback(self.add, i)
 
+    def clear(self) -> None:
+        """Forget every waiting message (the clock went back: they belong to another timeline)."""
+        with self._lock:
+            for q in self._queues:
+                q.clear()
+
     def add(self, msg, index: int) -> None:
         """Feed message `msg` of input `index` (the inputs call this themselves)."""
         ready = []
