@@ -133,8 +133,6 @@ def test_nccl_multicast_stays_off():
     assert env == {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
-@pytest.mark.skipif(not __import__("os").environ.get("GSR_DISTRIBUTED_TESTS"),
-                    reason="2-process torchrun run (~1 min on 2 cores); set GSR_DISTRIBUTED_TESTS=1")
 def test_torchrun_fsdp_two_processes_on_cpu(setup):
     import os
     import subprocess
