@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gs_reasoner_ros.evaluation.runners import ReasonerAnswerer, evaluate, format_table, load_eval_file
+    from gs_reasoner_ros.evaluation.runners import ReasonerAnswerer, evaluate, format_table
+    from gs_reasoner_ros.training.data import read_json_records
     from gs_reasoner_ros.reasoner import Reasoner
 
     try:
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--limit must be at least 1, got {args.limit}")
         if args.frames < 1:
             raise ValueError(f"--frames must be at least 1, got {args.frames}")
-        samples = load_eval_file(args.data)
+        samples = read_json_records(args.data)
         if args.limit:
             samples = samples[: args.limit]
         data_root = Path(args.data_root) if args.data_root else Path(args.data).parent

@@ -10,7 +10,6 @@ Scenes are processed-data folders under data_root (`video`, or `dataset/scene_na
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -31,21 +30,6 @@ class EvalReport:
 
     def to_json(self) -> dict:
         return {"task": self.task, "n": len(self.predictions), "metrics": self.metrics}
-
-
-def load_eval_file(path) -> list[dict]:
-    """A JSON list or JSON Lines of records."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"data file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        data = [json.loads(line) for line in text.splitlines() if line.strip()]
-    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
-        raise ValueError(f"{path}: expected a list of JSON objects")
-    return data
 
 
 def _question(sample: dict) -> str:

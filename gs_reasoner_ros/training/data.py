@@ -51,11 +51,11 @@ FINETUNE_FRAMES = 32
 # ---- reading samples -------------------------------------------------------------
 
 
-def load_sample_file(path: str | os.PathLike) -> list[dict]:
-    """Samples of one file: a JSON list, or JSON Lines (one object per line)."""
+def read_json_records(path: str | os.PathLike) -> list[dict]:
+    """The objects of a JSON list, a single JSON object, or JSON Lines (one object per line)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"sample file {path} does not exist")
+        raise ValueError(f"file {path} does not exist")
     text = path.read_text(encoding="utf-8")
     try:
         data = json.loads(text)
@@ -66,8 +66,14 @@ def load_sample_file(path: str | os.PathLike) -> list[dict]:
             raise ValueError(f"{path}: neither a JSON list nor JSON Lines ({err})") from None
     if isinstance(data, dict):
         data = [data]
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of samples, got {type(data).__name__}")
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise ValueError(f"{path}: expected a list of JSON objects")
+    return data
+
+
+def load_sample_file(path: str | os.PathLike) -> list[dict]:
+    """Samples of one file (see read_json_records), each checked against the schema."""
+    data = read_json_records(path)
     for k, sample in enumerate(data):
         check_sample(sample, where=f"{path}[{k}]")
     return data
