@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=("spatial", "ground", "qa"), default="spatial",
                         help="spatial: grounded chain of thought; ground / qa: direct answer (default spatial)")
     parser.add_argument("--options", nargs="+", default=[], metavar="OPTION",
-                        help='multiple-choice options, e.g. --options "A. chair" "B. table" (task spatial)')
+                        help='multiple-choice options, e.g. --options "A. chair" "B. table" (tasks spatial and qa)')
     parser.add_argument("--vision-tower", metavar="DIR", help="SigLIP folder, if the checkpoint lacks it")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
