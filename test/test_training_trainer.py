@@ -56,26 +56,63 @@ def test_pretrain_loss_falls_siglip_frozen_checkpoint_reloads(setup):
     assert json.loads(logs[0])["event"] == "start" and json.loads(logs[-1])["event"] == "done"
 
 
-def test_finetune_with_lora_merges_adapters_and_loads_in_the_reasoner(setup):
-    from gs_reasoner_ros.reasoner import Reasoner
-    from gs_reasoner_ros.scene import Scene
-
+@pytest.fixture(scope="module")
+def finetuned(setup):
+    """A LoRA fine-tune of the tiny model, saved in the official layout."""
     root, ckpt, data = setup
     cfg = T.TrainConfig(stage="finetune", checkpoint=str(ckpt), data=str(data["finetune"]), data_root=str(root / "data"),
                         output_dir=str(root / "fine"), lr=1e-3, global_batch=1, frames=(1, 1), max_steps=2,
                         lora=True, lora_r=4, lora_alpha=8, device="cpu")
-    result = T.train(cfg, log=lambda _: None)
+    return T.train(cfg, log=lambda _: None), root / "fine"
+
+
+def test_finetune_with_lora_merges_adapters_and_loads_in_the_reasoner(setup, finetuned):
+    from gs_reasoner_ros.reasoner import Reasoner
+    from gs_reasoner_ros.scene import Scene
+
+    root, ckpt, data = setup
+    result, fine = finetuned
     assert len(result.losses) == 2 and all(np.isfinite(result.losses))
-    before, after = _weights(ckpt), _weights(root / "fine")
+    before, after = _weights(ckpt), _weights(fine)
     assert before.keys() == after.keys()  # adapters merged: no lora_ keys, same layout
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("model.vision_tower."))
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(before[q], after[q])  # B @ A folded in
     assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])  # frozen under LoRA
-    reasoner = Reasoner.load(str(root / "fine"))
+    reasoner = Reasoner.load(str(fine))
     scene = Scene.load(root / "data" / "synthetic" / "scene0000")
     answer = reasoner.answer(scene, "the chair", task="ground", max_new_tokens=3)
     assert isinstance(answer.text, str)
+
+
+def test_finetuned_checkpoint_runs_in_gs_reasoner_infer(setup, finetuned, capsys):
+    from gs_reasoner_ros.cli import main
+
+    root, _, _ = setup
+    scene = root / "data" / "synthetic" / "scene0000"
+    assert main(["infer", "--checkpoint", str(finetuned[1]), "--scene", str(scene), "--question", "the chair",
+                 "--task", "ground", "--max-new-tokens", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"answer", "text", "objects", "timings"}
+
+
+def test_finetuned_checkpoint_configures_the_node(finetuned):
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.parameter import Parameter
+
+    from gs_reasoner_ros.ros.node import ReasonerNode
+
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    try:
+        node = ReasonerNode(context=ctx, parameter_overrides=[Parameter("checkpoint", value=str(finetuned[1]))])
+        try:
+            assert node.state == "active"
+            assert node.reasoner is not None and node.reasoner.untrained is False
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=ctx)
 
 
 def test_merged_lora_state_equals_peft_merge():
