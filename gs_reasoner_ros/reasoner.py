@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .reasoning import (
+    IMAGE_TOKEN_INDEX,
     TASKS,
     Answer,
     assign_confidences,
@@ -35,6 +36,13 @@ DEFAULT_MAX_NEW_TOKENS = {"spatial": 1024, "ground": 512, "qa": 512}
 MAX_NEW_TOKENS_CAP = 8192
 MAX_QUESTION_CHARS = 4000  # question plus options; the released prompts are ~1.6 k characters
 MAX_OPTIONS = 26
+# Prompt text the decoder's static KV cache leaves room for besides the visual tokens and the
+# token budget: the template (~450 tokens with the chain-of-thought instruction) plus a long
+# question. The cache length is also the decode step's attention width, so it is kept tight.
+TEXT_TOKENS_ALLOWANCE = 1536
+FRAME_CACHE_SIZE = 256  # per-keyframe preprocessing kept (~4 MB each on the model's device)
+VISUAL_CACHE_SIZE = 2  # keyframe sets whose visual tokens are kept (~48 MB each at full size)
+INDUCTOR_CACHE = os.path.join("~", ".cache", "gs_reasoner_ros", "inductor")
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _tiny_dirs: dict[int, tempfile.TemporaryDirectory] = {}  # one tiny checkpoint per seed and process
@@ -148,18 +156,33 @@ class Reasoner:
         self.eos_token_ids = [i for i in (tokenizer.convert_tokens_to_ids("<|im_end|>"),
                                           tokenizer.convert_tokens_to_ids("<|endoftext|>")) if i is not None]
         self._lock = threading.Lock()
+        from collections import OrderedDict
+
+        from .model.preprocess import FrameCache
+
+        self.frame_cache = FrameCache(getattr(model, "device", "cpu"), capacity=FRAME_CACHE_SIZE)
+        self._visual_cache: OrderedDict = OrderedDict()
+        self.warmup_s: float | None = None
 
     @classmethod
     def load(cls, checkpoint: str | None = None, *, device: str = "cpu", dtype: str = "float32",
              deterministic: bool = True, vision_tower: str | None = None, num_frames: int = 32,
              seed: int = 0, max_question_chars: int = MAX_QUESTION_CHARS,
-             max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP) -> "Reasoner":
+             max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP, compile: bool | str = "auto",
+             warmup: bool = True) -> "Reasoner":
         """Load a checkpoint folder (official GS-Reasoner layout), or a tiny untrained model if None.
 
         deterministic=True fixes the point chosen per voxel and the serialization order (the node's
         default); False reproduces the authors' random choices from `seed` (which also seeds the
         tiny model's weights). Queries longer than max_question_chars (question + options) or
         asking more than max_new_tokens_cap tokens are refused with ValueError.
+
+        On CUDA the language model decodes through a GreedyDecoder (static KV cache, CUDA graphs,
+        torch.compile unless compile=False) sized for num_frames keyframes, the prompt and
+        max_new_tokens_cap; with warmup=True (default) it is compiled, captured and every stage
+        run once here, so the first question pays none of it (logged, and kept in warmup_s).
+        torch.compile's cache goes to ~/.cache/gs_reasoner_ros/inductor unless
+        TORCHINDUCTOR_CACHE_DIR is set.
         """
         import torch
 
@@ -193,9 +216,66 @@ class Reasoner:
                 files = sorted(n for n in os.listdir(path) if n.startswith(("tokenizer", "vocab", "merges")))
                 raise ValueError(f"{path}: cannot read the tokenizer ({', '.join(files) or 'no files'}): "
                                  f"{type(err).__name__}: {err}") from None
-        return cls(model, tokenizer, deterministic=deterministic, num_frames=num_frames, seed=seed,
-                   untrained=untrained, checkpoint=None if untrained else path,
-                   max_question_chars=max_question_chars, max_new_tokens_cap=max_new_tokens_cap)
+        reasoner = cls(model, tokenizer, deterministic=deterministic, num_frames=num_frames, seed=seed,
+                       untrained=untrained, checkpoint=None if untrained else path,
+                       max_question_chars=max_question_chars, max_new_tokens_cap=max_new_tokens_cap)
+        if torch.device(device).type == "cuda":
+            reasoner.setup_decoder(compile=compile, warmup=warmup)
+        return reasoner
+
+    # ---- fast path ------------------------------------------------------------------
+
+    def max_cache_len(self) -> int:
+        """KV cache positions the decoder needs: visual tokens of num_frames keyframes, the
+        prompt text (TEXT_TOKENS_ALLOWANCE) and max_new_tokens_cap."""
+        per_frame = int(getattr(self.model, "tokens_per_frame", 210))
+        return self.num_frames * per_frame + TEXT_TOKENS_ALLOWANCE + self.max_new_tokens_cap
+
+    def setup_decoder(self, *, compile: bool | str = "auto", warmup: bool = True) -> float:
+        """Build the model's GreedyDecoder (compile: "auto", True, False) and, with warmup, run
+        every stage once on a synthetic scene (compilation, graph capture, kernel selection).
+        Returns the seconds taken."""
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.expanduser(INDUCTOR_CACHE))
+        t0 = time.perf_counter()
+        self.model.setup_decoder(self.max_cache_len(), compile=compile, warmup=warmup)
+        if warmup:
+            self._warm_stages()
+        self.warmup_s = time.perf_counter() - t0
+        log.info("decoder ready in %.1f s (compile=%s, KV cache %d positions, %.2f GB)%s", self.warmup_s,
+                 self.model.decoder.compile, self.model.decoder.max_cache_len,
+                 self.model.decoder.kv_cache_bytes / 1e9, "" if warmup else ", not warmed up")
+        return self.warmup_s
+
+    def _warm_stages(self) -> None:
+        """One question on a small synthetic scene: the vision kernels' first-call costs (cuDNN
+        and cuBLAS choices, spconv tuning) are paid here; the caches are emptied after."""
+        from .synthetic import synthetic_scene
+
+        scene, _ = synthetic_scene(seed=0, n_frames=min(self.num_frames, 4), width=160, height=120)
+        eos, self.eos_token_ids = self.eos_token_ids, []
+        try:
+            self._query(scene, "warm-up", (), "spatial", 4, tensors=False)
+            self._query(scene, "warm-up, again", (), "spatial", 4, tensors=False)  # the prefix-hit path
+        finally:
+            self.eos_token_ids = eos
+            self.clear_caches()
+
+    def clear_caches(self) -> None:
+        """Forget the per-frame preprocessing, the visual tokens and the cached prompt prefixes."""
+        with self._lock:
+            self.frame_cache.clear()
+            self._visual_cache.clear()
+            decoder = getattr(self.model, "decoder", None)
+            if decoder is not None:
+                decoder._drop_prefixes()
+
+    def prepare_frames(self, scene) -> int:
+        """Do the per-frame preprocessing of every frame of `scene` now (e.g. as keyframes arrive)
+        so a question on them only applies the poses. Returns how many frames were new."""
+        with self._lock:
+            before = self.frame_cache.misses
+            self.frame_cache.add(scene)
+            return self.frame_cache.misses - before
 
     # ---- queries ------------------------------------------------------------------
 
@@ -212,48 +292,85 @@ class Reasoner:
         task "spatial" uses the grounded chain-of-thought prompt (options make it multiple
         choice); "ground" and "qa" the direct-answer prompt. max_new_tokens None or 0 means
         DEFAULT_MAX_NEW_TOKENS[task]. Boxes are in the model (axis-aligned) frame.
+
+        Per-frame preprocessing, the visual tokens and the KV of the prompt up to the visual tokens
+        are cached, keyed by the keyframes' content, poses, axis_align and the sampling mode, so a
+        follow-up question on the same keyframes only runs its own text (timings:
+        visual_cache_hit, prefix_cache_hit, frames_preprocessed).
         """
-        return self.run(scene, question, options=options, task=task, max_new_tokens=max_new_tokens).answer
+        budget = self.check_query(question, options, task, max_new_tokens)
+        return self._query(scene, question, tuple(options), task, budget, tensors=False).answer
 
     def run(self, scene, question: str, *, options: Sequence[str] = (), task: str = "spatial",
             max_new_tokens: int | None = None) -> InferenceResult:
         """`answer()` plus the prompt ids, visual tokens, last prompt logits and generated ids."""
+        budget = self.check_query(question, options, task, max_new_tokens)
+        return self._query(scene, question, tuple(options), task, budget, tensors=True)
+
+    def _visual(self, scene, frames, timings: dict):
+        """Visual tokens of scene's `frames`, from the cache when the same keyframes were seen."""
         import torch
 
-        budget = self.check_query(question, options, task, max_new_tokens)
-        options = tuple(options)
+        before = self.frame_cache.misses
+        keys = self.frame_cache.add(scene, frames)
+        idx = np.asarray(frames)
+        key = (tuple(keys), scene.poses[idx].tobytes(), scene.axis_align.tobytes(), self.deterministic, self.seed)
+        timings["frames_preprocessed"] = float(self.frame_cache.misses - before)
+        visual = self._visual_cache.get(key)
+        timings["visual_cache_hit"] = float(visual is not None)
+        t0 = time.perf_counter()
+        if visual is not None:
+            self._visual_cache.move_to_end(key)
+            timings.update(preprocess_s=t0 - timings["start"], encode_s=0.0)
+            return key, visual, {}
+        pixel_values, world_coords = self.model.preprocess(scene, frames, cache=self.frame_cache, keys=keys)
+        t1 = time.perf_counter()
+        generator = None if self.deterministic else torch.Generator().manual_seed(self.seed)
+        visual = self.model.encode_visual(pixel_values, world_coords, deterministic=self.deterministic,
+                                          generator=generator)
+        stages = dict(getattr(self.model, "timings", None) or {})  # read under the lock
+        timings.update(preprocess_s=t1 - timings["start"], encode_s=time.perf_counter() - t1)
+        self._visual_cache[key] = visual
+        while len(self._visual_cache) > VISUAL_CACHE_SIZE:
+            self._visual_cache.popitem(last=False)
+        return key, visual, stages
+
+    def _query(self, scene, question: str, options: tuple, task: str, budget: int, *, tensors: bool
+               ) -> InferenceResult:
+        import torch
+
         timings: dict[str, float] = {}
         with self._lock, torch.inference_mode():
-            t0 = time.perf_counter()
+            t0 = timings["start"] = time.perf_counter()
             frames = scene.uniform_indices(self.num_frames)
-            pixel_values, world_coords = self.model.preprocess(scene, frames)
-            t1 = time.perf_counter()
-            generator = None if self.deterministic else torch.Generator().manual_seed(self.seed)
-            visual = self.model.encode_visual(pixel_values, world_coords, deterministic=self.deterministic,
-                                              generator=generator)
+            visual_key, visual, stages = self._visual(scene, frames, timings)
             t2 = time.perf_counter()
-            stages = dict(getattr(self.model, "timings", None) or {})  # read under the lock
             ids = prompt_ids(self.tokenizer, question, options, task)
-            out = self.model.generate(ids, visual, budget, self.eos_token_ids)
+            # The text before <image> is the same for every task; it and the visual tokens are the prefix.
+            prefix_key = (visual_key, tuple(ids[:ids.index(IMAGE_TOKEN_INDEX)]))
+            out = self.model.generate(ids, visual, budget, self.eos_token_ids, prefix_key=prefix_key)
             _check_finite(out)
             t3 = time.perf_counter()
+            del timings["start"]
+            embeds = visual.detach().float().cpu().numpy() if tensors else None
         text, spans = token_spans(self.tokenizer, out.ids)
         think, answer_text, objects = parse_output(text)
         assign_confidences(objects, spans, out.token_probs)
         t4 = time.perf_counter()
         # Seconds per stage; the model's own finer stages (siglip_s, sonata_s, pooling_s,
         # prefill_s, decode_s) are added where it reports them.
-        timings.update(preprocess_s=t1 - t0, encode_s=t2 - t1, generate_s=t3 - t2)
+        timings.update(generate_s=t3 - t2)
         stages.update(out.timings or {})
         timings.update({k: float(v) for k, v in stages.items() if k.endswith("_s") and k not in timings})
+        timings["prefix_cache_hit"] = float(bool((out.timings or {}).get("prefix_cache_hit", False)))
         timings.update(parse_s=t4 - t3, total_s=t4 - t0)
         answer = Answer(answer=answer_text, text=text, objects=objects, think=think,
                         keyframes_used=len(frames), timings=timings, untrained=self.untrained)
         return InferenceResult(
             answer=answer,
             prompt_ids=np.asarray(ids, dtype=np.int64),
-            visual_embeds=visual.detach().float().cpu().numpy(),
-            last_logits=out.last_prompt_logits.detach().float().cpu().numpy().reshape(-1),
+            visual_embeds=embeds if tensors else np.zeros((0, 0), np.float32),
+            last_logits=torch.as_tensor(out.last_prompt_logits).detach().float().cpu().numpy().reshape(-1),
             generated_ids=np.asarray(out.ids, dtype=np.int64),
             token_probs=np.asarray(out.token_probs, dtype=np.float64),
             frame_indices=np.asarray(frames, dtype=np.int64),
@@ -261,4 +378,4 @@ class Reasoner:
 
 
 __all__ = ["Reasoner", "InferenceResult", "check_query", "DEFAULT_MAX_NEW_TOKENS", "MAX_NEW_TOKENS_CAP", "MAX_QUESTION_CHARS",
-           "tiny_checkpoint_dir"]
+           "tiny_checkpoint_dir", "TEXT_TOKENS_ALLOWANCE"]

@@ -222,3 +222,30 @@ def test_bfloat16_rounds_coordinates_and_keeps_sonata_in_float32(model, loaded, 
     _, coords32 = loaded.preprocess(scene, [0])
     assert coords.dtype == torch.bfloat16 and torch.equal(coords, coords32.bfloat16())
     assert pixels.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pool_tokens_equals_bilinear_pool(dtype):
+    from gs_reasoner_ros.model.fusion import bilinear_pool
+    from gs_reasoner_ros.model.modeling import pool_tokens
+
+    x = torch.randn(3, 27 * 27, 40, generator=torch.Generator().manual_seed(0)).to(dtype)
+    assert torch.equal(pool_tokens(x, 2), bilinear_pool(x, 2))
+    with pytest.raises(ValueError, match="square"):
+        pool_tokens(x[:, :700], 2)
+
+
+def test_prefix_key_gives_the_same_tokens_and_prefills_only_the_rest(model, visual):
+    whole = model.generate(PROMPT, visual, 6, [])
+    cold = model.generate(PROMPT, visual, 6, [], prefix_key="kf")
+    other = list(PROMPT)
+    other[-1] = (other[-1] + 1) % VOCAB
+    warm = model.generate(other, visual, 6, [], prefix_key="kf")
+    assert not cold.timings["prefix_cache_hit"] and warm.timings["prefix_cache_hit"]
+    split = PROMPT.index(IMAGE_TOKEN_INDEX) + visual.shape[0]
+    assert warm.timings["prefilled_tokens"] == len(PROMPT) - 1 + visual.shape[0] - split
+    assert cold.ids == whole.ids  # the two-pass prefill decodes like one pass here (fp32)
+    torch.testing.assert_close(cold.last_prompt_logits, whole.last_prompt_logits, rtol=1e-5, atol=1e-5)
+    again = model.generate(other, visual, 6, [])  # the other question with no cache
+    assert warm.ids == again.ids
+    assert model.generate(PROMPT, visual, 0, []).ids == []

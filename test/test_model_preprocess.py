@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from gs_reasoner_ros.model.preprocess import (crop_box, normalize_rgb, preprocess_frames, resized_size,
@@ -97,3 +98,54 @@ def test_bad_frame_indices(indices, message):
 def test_not_a_scene():
     with pytest.raises(ValueError, match="Scene"):
         preprocess_frames({"rgb": None}, [0])
+
+
+def _posed_scene(n=4, h=60, w=80, seed=0) -> Scene:
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    depth = rng.uniform(0.5, 4.0, (n, h, w)).astype(np.float32)
+    depth[:, 5, 5] = 0.0
+    depth[:, 7, 9] = np.nan
+    poses = np.stack([_pose(0.3 * i, -0.2, [0.5 * i, 1.0, 1.4]) for i in range(n)])
+    return Scene(rgb, depth, K * [[w / 640], [h / 480], [1]], poses, _pose(0.4, 0.1, [0.3, -0.2, 0.1]))
+
+
+def test_frame_cache_equals_the_reference_exactly():
+    from gs_reasoner_ros.model.preprocess import FrameCache
+
+    scene = _posed_scene()
+    frames = [0, 2, 3, 2]
+    pixels, coords = preprocess_frames(scene, frames)
+    cache = FrameCache(capacity=3)
+    got_pixels, got_coords = cache.inputs(scene, frames)
+    assert got_pixels.dtype == got_coords.dtype == torch.float32
+    np.testing.assert_array_equal(got_pixels.numpy(), pixels)
+    np.testing.assert_array_equal(got_coords.numpy(), coords)
+    assert (cache.misses, cache.hits, len(cache)) == (3, 1, 3)
+    # Same frames, new poses and alignment: nothing is prepared again, the result is still exact.
+    scene.poses[:, :3, 3] += 0.75
+    scene.axis_align = _pose(-1.0, 0.0, [0.0, 0.0, 0.5])
+    got_pixels, got_coords = cache.inputs(scene, frames)
+    np.testing.assert_array_equal(got_coords.numpy(), preprocess_frames(scene, frames)[1])
+    assert cache.misses == 3
+    # Least recently used frames leave first; changed pixels make a new entry.
+    cache.inputs(scene, [1])
+    assert len(cache) == 3 and cache.misses == 4
+    scene.depth[1, 10, 10] += 1.0
+    cache.inputs(scene, [1])
+    assert cache.misses == 5
+    with pytest.raises(ValueError, match="out of range"):
+        cache.inputs(scene, [9])
+    with pytest.raises(ValueError, match="capacity"):
+        FrameCache(capacity=0)
+
+
+def test_frame_cache_on_3dmatch_equals_the_reference(rgbd_3dmatch):
+    from gs_reasoner_ros.model.preprocess import FrameCache
+
+    scene = load_3dmatch(rgbd_3dmatch)
+    frames = list(range(len(scene)))[:2]
+    pixels, coords = preprocess_frames(scene, frames)
+    got_pixels, got_coords = FrameCache().inputs(scene, frames)
+    np.testing.assert_array_equal(got_pixels.numpy(), pixels)
+    np.testing.assert_array_equal(got_coords.numpy(), coords)

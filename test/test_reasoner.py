@@ -35,7 +35,7 @@ class FakeModel:
         self.calls = {}
         self.timings = {"sonata_s": 0.5}
 
-    def preprocess(self, scene, frames):
+    def preprocess(self, scene, frames, cache=None, keys=None):
         self.calls["frames"] = list(frames)
         return torch.zeros(len(frames), 3, 4, 4), torch.zeros(len(frames), 4, 4, 3)
 
@@ -44,8 +44,9 @@ class FakeModel:
         self.calls["generator"] = generator
         return torch.ones(len(pixel_values) * 210, HIDDEN)
 
-    def generate(self, prompt_ids, visual, max_new_tokens, eos_token_ids):
-        self.calls.update(prompt_ids=list(prompt_ids), max_new_tokens=max_new_tokens, eos=list(eos_token_ids))
+    def generate(self, prompt_ids, visual, max_new_tokens, eos_token_ids, prefix_key=None):
+        self.calls.update(prompt_ids=list(prompt_ids), max_new_tokens=max_new_tokens, eos=list(eos_token_ids),
+                          prefix_key=prefix_key)
         logits = torch.zeros(50)
         return SimpleNamespace(ids=self.ids, token_probs=self.probs, last_prompt_logits=logits,
                                timings={"prefill_s": 0.25, "decode_s": 0.125, "new_tokens": len(self.ids)})
@@ -164,3 +165,71 @@ def test_tiny_end_to_end(tiny_reasoner):
     again = r.run(scene, "How far is the wall?", max_new_tokens=6)
     assert again.generated_ids.tolist() == gen
     np.testing.assert_array_equal(again.last_logits, result.last_logits)
+
+
+# ---- caches: per-frame preprocessing, visual tokens, prompt prefix ------------------------
+
+
+def _cold(scene, question, task="spatial", n=6):
+    """A fresh reasoner (empty caches) answering one question."""
+    r = Reasoner.load(None, num_frames=2)
+    r.clear_caches()
+    return r.run(scene, question, task=task, max_new_tokens=n)
+
+
+def test_follow_up_reuses_the_prefix_and_equals_a_cold_run(tiny_reasoner):
+    r = tiny_reasoner
+    r.clear_caches()
+    r.eos_token_ids, eos = [], r.eos_token_ids  # full-length answers: more tokens compared
+    try:
+        scene = plane_scene(3, seed=4)
+        first = r.run(scene, "Where is the lamp?", max_new_tokens=6)
+        follow = r.run(scene, "How big is the room?", task="qa", max_new_tokens=6)
+        t1, t2 = first.answer.timings, follow.answer.timings
+        assert (t1["visual_cache_hit"], t1["prefix_cache_hit"], t1["frames_preprocessed"]) == (0.0, 0.0, 2.0)
+        assert (t2["visual_cache_hit"], t2["prefix_cache_hit"], t2["frames_preprocessed"]) == (1.0, 1.0, 0.0)
+        for warm, question, task in ((first, "Where is the lamp?", "spatial"), (follow, "How big is the room?", "qa")):
+            r2 = Reasoner.load(None, num_frames=2)
+            r2.eos_token_ids = []
+            cold = r2.run(scene, question, task=task, max_new_tokens=6)
+            assert cold.answer.timings["prefix_cache_hit"] == 0.0
+            assert warm.generated_ids.tolist() == cold.generated_ids.tolist()
+            np.testing.assert_array_equal(warm.token_probs, cold.token_probs)
+            np.testing.assert_array_equal(warm.last_logits, cold.last_logits)
+            np.testing.assert_array_equal(warm.visual_embeds, cold.visual_embeds)
+        # A moved keyframe or a new alignment is a new keyframe set; the frames' own work is kept.
+        moved = plane_scene(3, seed=4)
+        moved.poses[0, 0, 3] += 0.5
+        t3 = r.run(moved, "Where is the lamp?", max_new_tokens=2).answer.timings
+        assert (t3["visual_cache_hit"], t3["prefix_cache_hit"], t3["frames_preprocessed"]) == (0.0, 0.0, 0.0)
+        moved.axis_align = np.diag([-1.0, -1.0, 1.0, 1.0])
+        assert r.run(moved, "Where is the lamp?", max_new_tokens=2).answer.timings["visual_cache_hit"] == 0.0
+        # New pixels in a keyframe: that frame is preprocessed again.
+        moved.depth[2] += 0.25
+        t5 = r.run(moved, "Where is the lamp?", max_new_tokens=2).answer.timings
+        assert (t5["visual_cache_hit"], t5["frames_preprocessed"]) == (0.0, 1.0)
+    finally:
+        r.eos_token_ids = eos
+
+
+def test_fixed_decoder_with_warm_up_gives_the_same_answers(tiny_reasoner):
+    scene = plane_scene(3, seed=5)
+    plain = Reasoner.load(None, num_frames=2).run(scene, "Where is the chair?", max_new_tokens=5)
+    r = Reasoner.load(None, num_frames=2)
+    seconds = r.setup_decoder(compile=False)  # what load() does on CUDA, eager here
+    assert seconds == r.warmup_s > 0 and len(r.frame_cache) == 0  # the warm-up leaves no cache entries
+    assert r.model.decoder.max_cache_len >= 2 * 210 + r.max_new_tokens_cap
+    fixed = r.run(scene, "Where is the chair?", max_new_tokens=5)
+    assert fixed.generated_ids.tolist() == plain.generated_ids.tolist()
+    np.testing.assert_array_equal(fixed.token_probs, plain.token_probs)
+    with pytest.raises(ValueError, match="KV cache holds"):
+        r.model.generate(fixed.prompt_ids.tolist(), torch.as_tensor(fixed.visual_embeds), r.max_new_tokens_cap + 4000,
+                         [])
+
+
+def test_prepare_frames_does_the_per_frame_work_ahead(tiny_reasoner):
+    r = tiny_reasoner
+    r.clear_caches()
+    scene = plane_scene(4, seed=6)
+    assert r.prepare_frames(scene) == 4 and r.prepare_frames(scene) == 0
+    assert r.answer(scene, "q", task="qa", max_new_tokens=1).timings["frames_preprocessed"] == 0.0

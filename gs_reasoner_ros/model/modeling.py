@@ -6,6 +6,7 @@ inputs_embeds. Loading and saving the release's checkpoint layout live in checkp
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from contextlib import contextmanager
@@ -13,13 +14,14 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import Qwen2ForCausalLM, SiglipVisionModel
 
 from gs_reasoner_ros.model.configuration import (IMAGE_TOKEN_INDEX, POSITION_PATH_SIZE, SONATA_HIDDEN_SIZE,
                                                  GSReasonerConfig)
 from gs_reasoner_ros.model.fusion import (InverseDistancePooling, SemanticCrossAttention, SinePositionEncoding3D,
-                                          add_row_newlines, bilinear_pool, patch_centers, sample_patch_points)
+                                          add_row_newlines, patch_centers, sample_patch_points)
 from gs_reasoner_ros.model.preprocess import preprocess_frames
 
 
@@ -63,6 +65,8 @@ class GSReasonerForCausalLM(nn.Module):
         self.grid = -(-patches // self.pool_stride)  # 14 tokens per side after pooling
         self.tokens_per_frame = self.grid * (self.grid + 1)  # 210 with the row newlines
         self.timings: dict[str, float] = {}
+        self.decoder = None  # GreedyDecoder: setup_decoder(), or made on demand by generate()
+        self._decoder_fixed = False
         self.spatial_encoder.float()
 
     # ---- placement -------------------------------------------------------------------
@@ -110,11 +114,18 @@ class GSReasonerForCausalLM(nn.Module):
 
     # ---- visual tokens -----------------------------------------------------------------
 
-    def preprocess(self, scene, frame_indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def preprocess(self, scene, frame_indices: Sequence[int], cache=None, keys=None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixel values (F,3,384,384) and world coordinates (F,384,384,3) in the model frame, on the
-        model's device and in its dtype (bf16 rounding of the coordinates is the authors' too)."""
-        pixels, coords = preprocess_frames(scene, frame_indices, crop=self.image_size)
+        model's device and in its dtype (bf16 rounding of the coordinates is the authors' too).
+
+        cache: a preprocess.FrameCache keeping the per-frame work across calls (same values);
+        keys: its add() keys for these frames, when already known."""
         to = dict(device=self.device, dtype=self.dtype)
+        if cache is not None:
+            pixels, coords = cache.inputs(scene, frame_indices, keys)
+            return pixels.to(**to), coords.to(**to)
+        pixels, coords = preprocess_frames(scene, frame_indices, crop=self.image_size)
         return torch.from_numpy(pixels).to(**to), torch.from_numpy(coords).to(**to)
 
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -138,8 +149,8 @@ class GSReasonerForCausalLM(nn.Module):
 
         with timer("siglip_s"):
             siglip = self.vision_features(pixel_values)
-            semantic = bilinear_pool(siglip.detach(), self.pool_stride)
-            projected = bilinear_pool(self.mm_projector(siglip), self.pool_stride)
+            semantic = pool_tokens(siglip.detach(), self.pool_stride)
+            projected = pool_tokens(self.mm_projector(siglip), self.pool_stride)
 
         with timer("sonata_s"):
             points = sample_patch_points(world_coords, self.grid, n_points)
@@ -200,36 +211,86 @@ class GSReasonerForCausalLM(nn.Module):
         embedded = self.language_model.get_input_embeddings()(text)
         return torch.cat([embedded[:at], visual.to(device=self.device, dtype=self.dtype), embedded[at:]])
 
+    # ---- decoding ----------------------------------------------------------------------
+
+    def setup_decoder(self, max_cache_len: int, *, compile: bool | str = "auto", use_cuda_graphs: bool | str = "auto",
+                      warmup: bool = True):
+        """Give generate() a GreedyDecoder with a static KV cache of max_cache_len positions
+        (compiled and CUDA-graphed on CUDA unless told otherwise), warmed up now when `warmup`.
+        Returns it. Without this, generate() uses an eager decoder sized to each request."""
+        from gs_reasoner_ros.model.generation import GreedyDecoder
+
+        self.decoder = GreedyDecoder(self.language_model, max_cache_len=max_cache_len, compile=compile,
+                                     use_cuda_graphs=use_cuda_graphs)
+        self._decoder_fixed = True
+        if warmup:
+            self.decoder.warmup()
+        return self.decoder
+
+    def _decoder_for(self, length: int):
+        """The configured decoder, or an eager one grown to fit `length` positions."""
+        from gs_reasoner_ros.model.generation import GreedyDecoder
+
+        decoder = getattr(self, "decoder", None)
+        if decoder is not None and length <= decoder.max_cache_len:
+            return decoder
+        if decoder is not None and getattr(self, "_decoder_fixed", False):
+            raise ValueError(f"prompt and new tokens need {length} positions; the decoder's KV cache holds "
+                             f"{decoder.max_cache_len} (setup_decoder max_cache_len)")
+        self.decoder = GreedyDecoder(self.language_model, max_cache_len=max(length, 256), compile=False,
+                                     use_cuda_graphs=False)
+        self._decoder_fixed = False
+        return self.decoder
+
     @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[int], visual: torch.Tensor, max_new_tokens: int,
-                 eos_token_ids: Sequence[int]) -> GenerationOutput:
-        """Greedy decoding with a KV cache. Stops after an id in eos_token_ids (kept in `ids`) or
-        after max_new_tokens. token_probs[i] = softmax(logits)[ids[i]] at that step, in float32."""
+                 eos_token_ids: Sequence[int], prefix_key=None) -> GenerationOutput:
+        """Greedy decoding (GreedyDecoder: static KV cache; on CUDA after setup_decoder, compiled
+        CUDA-graph steps). Stops after an id in eos_token_ids (kept in `ids`) or after
+        max_new_tokens. token_probs[i] = softmax(logits)[ids[i]] at that step, in float32.
+
+        prefix_key: a hashable naming the prompt up to and including the visual tokens (e.g. the
+        keyframe set and the text before <image>). The prefix's KV is cached under it, so a later
+        call with the same key prefills only the rest of the prompt; with a key the prompt is
+        always run as prefix + rest, so cache hits and misses give identical results.
+        timings["prefix_cache_hit"] says whether the prefix was found.
+        """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        stop = {int(i) for i in eos_token_ids}
         embeds = self.embed_prompt(prompt_ids, visual)
+        split = [int(i) for i in prompt_ids].index(IMAGE_TOKEN_INDEX) + visual.shape[0]
+        decoder = self._decoder_for(embeds.shape[0] + max(max_new_tokens, 1))
         timer = _StageTimer(self.device)
-        with timer("prefill_s"):
-            out = self.language_model(inputs_embeds=embeds[None], use_cache=True, logits_to_keep=1)
-            logits = out.logits[0, -1].float()
-        last_prompt_logits = logits.cpu().clone()
-        ids: list[int] = []
-        probs: list[float] = []
-        cache = out.past_key_values
-        with timer("decode_s"):
-            while len(ids) < max_new_tokens:
-                token = int(torch.argmax(logits))
-                ids.append(token)
-                probs.append(float(torch.softmax(logits, dim=-1)[token]))
-                if token in stop or len(ids) == max_new_tokens:
-                    break
-                step = torch.tensor([[token]], device=self.device)
-                out = self.language_model(input_ids=step, past_key_values=cache, use_cache=True)
-                cache, logits = out.past_key_values, out.logits[0, -1].float()
-        timings = dict(timer.times, prompt_tokens=int(embeds.shape[0]), new_tokens=len(ids))
-        timings["decode_s_per_token"] = timings["decode_s"] / len(ids) if ids else 0.0
-        return GenerationOutput(ids, probs, last_prompt_logits, timings)
+        hit = prefix_key is not None and decoder.has_prefix(prefix_key)
+        if prefix_key is not None and split == embeds.shape[0]:
+            raise ValueError("the prompt has no text after the visual tokens; a prefix key needs some")
+        with timer("prefix_prefill_s"):
+            if prefix_key is not None and not hit:
+                decoder.prefill(embeds[None, :split], key=prefix_key)
+        rest = embeds if prefix_key is None else embeds[split:]
+        out = decoder.generate(rest[None], max(max_new_tokens, 1), list(eos_token_ids), prefix_key=prefix_key)
+        ids, probs = out.ids.tolist()[:max_new_tokens], out.token_probs.tolist()[:max_new_tokens]
+        t = decoder.last_timings
+        timings = dict(prefill_s=timer.times["prefix_prefill_s"] + t["prefill_s"], decode_s=t["decode_s"],
+                       prompt_tokens=int(embeds.shape[0]), prefilled_tokens=int(t["prefilled_tokens"]) + (
+                           0 if prefix_key is None or hit else split),
+                       new_tokens=len(ids), prefix_cache_hit=bool(hit))
+        timings["decode_s_per_token"] = timings["decode_s"] / (len(ids) - 1) if len(ids) > 1 else 0.0
+        return GenerationOutput(ids, probs, out.last_prompt_logits, timings)
+
+
+def pool_tokens(features: torch.Tensor, stride: int = 2) -> torch.Tensor:
+    """fusion.bilinear_pool with the same values, without its copy to channels-first: on CUDA the
+    channels-last bilinear kernel spreads over every output element, where the channels-first one
+    runs one thread per output pixel looping over frames x channels (tens of ms at 3584 channels)."""
+    frames, count, channels = features.shape
+    side = math.isqrt(count)
+    if side * side != count:
+        raise ValueError(f"pool_tokens needs a square token grid, got {count} tokens")
+    grid = features.reshape(frames, side, side, channels).permute(0, 3, 1, 2)  # channels-last strides
+    pooled = -(-side // stride)
+    grid = F.interpolate(grid, size=[pooled, pooled], mode="bilinear", align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(frames, pooled * pooled, channels)
 
 
 class _StageTimer:
