@@ -239,7 +239,7 @@ class ReasonerNode(LifecycleNode):
         self._map_version = self._published_version = 0
         self._newest_integrated = 0.0
         self._newest_input, self._newest_tf = {}, {}
-        self._last_pose = None  # (stamp, camera pose) of the last integrated frame
+        self._last_poses = collections.deque(maxlen=2)  # (stamp, camera pose) of the last integrated frames
         self._last_synced_wall = None
         self.health.set("model_loaded", False)
 
@@ -301,7 +301,7 @@ class ReasonerNode(LifecycleNode):
         with self._intake_lock:
             newest = self._newest_input.get(name)
             if newest is not None and stamp < newest - threshold:
-                self._new_timeline(f"{name} stamps jumped back {newest - stamp:.1f} s")
+                self._new_timeline(f"{name} stamps jumped back {newest - stamp:.1f} s", stamp)
                 newest = None
             self._newest_input[name] = stamp if newest is None else max(stamp, newest)
 
@@ -365,7 +365,7 @@ class ReasonerNode(LifecycleNode):
 
         p = self.p
         self._check_relocalization(f.stamp, pose)
-        self._last_pose = (f.stamp, pose)
+        self._last_poses.append((f.stamp, pose))
         try:
             frame = Frame(rgb=f.rgb, depth=f.depth, K=f.k, pose=pose, stamp=f.stamp)
             self.voxel_map.integrate_frame(frame, stride=p.map_stride)
@@ -380,17 +380,18 @@ class ReasonerNode(LifecycleNode):
     def _check_relocalization(self, stamp: float, pose: np.ndarray) -> None:
         """A pose jump between consecutive frames is the localiser correcting world_frame, not
         motion: clear or re-anchor the memory (relocalization_action) instead of fusing both."""
-        p, last = self.p, self._last_pose
-        if last is None or not 0.0 <= stamp - last[0] <= RELOCALIZATION_WINDOW_S:
+        p = self.p
+        if not self._last_poses or not 0.0 <= stamp - self._last_poses[-1][0] <= RELOCALIZATION_WINDOW_S:
             return
-        delta = pose @ np.linalg.inv(last[1])  # old world -> new world, if the camera stood still
-        moved = float(np.linalg.norm(pose[:3, 3] - last[1][:3, 3]))
-        turned = float(np.degrees(np.arccos(np.clip((np.trace(delta[:3, :3]) - 1.0) / 2.0, -1.0, 1.0))))
+        last_stamp, last = self._last_poses[-1]
+        moved = float(np.linalg.norm(pose[:3, 3] - last[:3, 3]))
+        turned = _angle_deg(np.linalg.inv(last) @ pose)
         if not ((0 < p.relocalization_jump_m < moved) or (0 < p.relocalization_jump_deg < turned)):
             return
         n = self.health.count("relocalizations")
-        why = f"camera pose jumped {moved:.2f} m / {turned:.0f} deg in {stamp - last[0]:.2f} s"
+        why = f"camera pose jumped {moved:.2f} m / {turned:.0f} deg in {stamp - last_stamp:.2f} s"
         if p.relocalization_action == "reanchor":
+            delta = pose @ np.linalg.inv(self._predicted_pose(stamp))  # old world -> new world
             self.voxel_map.transform(delta)
             self.keyframes.transform(delta)
         else:
@@ -401,25 +402,38 @@ class ReasonerNode(LifecycleNode):
         self.get_logger().warning(f"relocalisation ({n} so far): {why}; map and keyframes "
                                   f"{'re-anchored' if p.relocalization_action == 'reanchor' else 'cleared'}")
 
-    def _new_timeline(self, why: str) -> None:
-        """Time went back: drop every time-dependent state so two timelines never mix."""
+    def _predicted_pose(self, stamp: float) -> np.ndarray:
+        """Where the camera would be at `stamp` in the old world frame: the last pose moved on at
+        the last frames' velocity (constant twist), or the last pose when there is no history."""
+        (s0, a), (s1, b) = self._last_poses[0], self._last_poses[-1]
+        if len(self._last_poses) < 2 or not 0 < s1 - s0 <= RELOCALIZATION_WINDOW_S:
+            return b
+        k = min((stamp - s1) / (s1 - s0), 4.0)
+        return b @ _scaled_motion(np.linalg.inv(a) @ b, k)  # the last step, in the camera's own frame
+
+    def _new_timeline(self, why: str, stamp: float) -> None:
+        """Time went back to `stamp`: drop what belongs to the old timeline (anything stamped
+        after stamp + time_jump_reset_s: TF samples, synchronizer queues, frames waiting for
+        TF) so two timelines never mix, and the map and keyframes per time_jump_clear_map.
+        New-timeline messages that other inputs delivered first are kept."""
         with self._intake_lock:
-            clear_map = self.p.time_jump_clear_map
+            p = self.p
+            cutoff = stamp + p.time_jump_reset_s
             self.get_logger().warning(f"{why}: starting a new timeline (time_jump_reset_s): TF history, "
-                                      f"synchronizer queues, frames waiting for TF"
-                                      f"{', map and keyframes' if clear_map else ''} dropped")
+                                      f"synchronizer queues and frames waiting for TF after {cutoff:.3f}"
+                                      f"{', the map and keyframes' if p.time_jump_clear_map else ''} dropped")
             self.health.count("time_jump_resets")
             self.health.set("last_time_jump", why)
             if self.tf is not None:
-                self.tf.clear()
-            self._clear_sync_queues()
-            if self._pending is not None:
-                self._pending.clear()
+                self.tf.drop_after(cutoff)
+            self._drop_sync_after(cutoff)
+            if self._pending:
+                self._pending = collections.deque(e for e in self._pending if e[0].stamp <= cutoff)
             self._newest_input, self._newest_tf = {}, {}
-            self._last_pose = None
+            self._last_poses.clear()
             if self.keyframes is None:
                 return
-            if clear_map:
+            if p.time_jump_clear_map:
                 self.voxel_map.clear()
                 self.keyframes.clear()
                 self._map_version += 1
@@ -427,14 +441,14 @@ class ReasonerNode(LifecycleNode):
             else:
                 self.keyframes.new_timeline()
 
-    def _clear_sync_queues(self) -> None:
+    def _drop_sync_after(self, cutoff: float) -> None:
         sync = self._sync
         if sync is None:
             return
-        if hasattr(sync, "clear"):  # ours
-            sync.clear()
+        if hasattr(sync, "drop_after"):  # ours
+            sync.drop_after(cutoff)
             return
-        lock, queues = getattr(sync, "lock", None), getattr(sync, "queues", None)  # the system one's
+        lock, queues = getattr(sync, "lock", None), getattr(sync, "queues", None)  # the system one's: all
         if lock is not None and queues is not None:
             with lock:
                 for q in queues:
@@ -442,7 +456,8 @@ class ReasonerNode(LifecycleNode):
 
     def _on_clock_jump(self, jump) -> None:
         try:
-            self._new_timeline(f"the ROS clock jumped back {-jump.delta.nanoseconds * 1e-9:.1f} s")
+            now = self.get_clock().now().nanoseconds * 1e-9
+            self._new_timeline(f"the ROS clock jumped back {-jump.delta.nanoseconds * 1e-9:.1f} s", now)
         except Exception as err:  # noqa: BLE001 (never raise into rclpy's clock)
             self.get_logger().error(f"resetting after a clock jump failed: {err}")
 
@@ -468,7 +483,7 @@ class ReasonerNode(LifecycleNode):
         """Per edge: localisers legitimately publish older stamps than odometry does."""
         newest = self._newest_tf.get(child)
         if newest is not None and stamp < newest - threshold:
-            self._new_timeline(f"TF stamps of {child!r} jumped back {newest - stamp:.1f} s")
+            self._new_timeline(f"TF stamps of {child!r} jumped back {newest - stamp:.1f} s", stamp)
             newest = None
         if len(self._newest_tf) >= MAX_TRACKED_TF_EDGES and child not in self._newest_tf:
             self._newest_tf = {}
@@ -572,7 +587,7 @@ class ReasonerNode(LifecycleNode):
                 self._pending.clear()
             self._map_version += 1
             self._newest_integrated = 0.0
-            self._last_pose = None
+            self._last_poses.clear()
         self._publish_markers(QueryOutcome(True))
         resp.success, resp.message = True, f"cleared {n_kf} keyframes and {n_pts} map points"
         return resp
@@ -591,6 +606,28 @@ class ReasonerNode(LifecycleNode):
 
 
 # ---- process entry ---------------------------------------------------------------------
+
+def _scaled_motion(T: np.ndarray, k: float) -> np.ndarray:
+    """The rigid motion T taken k times (rotation angle and translation scaled by k); identity
+    for rotations near 180 degrees, where the axis is ill-defined (no frame turns that far)."""
+    out = np.eye(4)
+    theta = np.radians(_angle_deg(T))
+    if theta > 2.5:
+        return out
+    if theta > 1e-9:
+        R = T[:3, :3]
+        axis = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]]) / (2.0 * np.sin(theta))
+        x = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+        a = k * theta
+        out[:3, :3] = np.eye(3) + np.sin(a) * x + (1 - np.cos(a)) * (x @ x)
+    out[:3, 3] = k * T[:3, 3]
+    return out
+
+
+def _angle_deg(T: np.ndarray) -> float:
+    """Rotation angle of a rigid transform, degrees."""
+    return float(np.degrees(np.arccos(np.clip((np.trace(T[:3, :3]) - 1.0) / 2.0, -1.0, 1.0))))
+
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt

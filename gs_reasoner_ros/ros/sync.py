@@ -82,11 +82,12 @@ class ApproximateTimeSynchronizer(SimpleFilter):
         for i, f in enumerate(fs):
             f.registerCallback(self.add, i)
 
-    def clear(self) -> None:
-        """Forget every waiting message (the clock went back: they belong to another timeline)."""
+    def drop_after(self, stamp: float) -> None:
+        """Forget waiting messages stamped after `stamp` (the clock went back: they belong to
+        the old timeline and must never pair with the new one's)."""
         with self._lock:
             for q in self._queues:
-                q.clear()
+                q[:] = [e for e in q if e[0] <= stamp]
 
     def add(self, msg, index: int) -> None:
         """Feed message `msg` of input `index` (the inputs call this themselves)."""

@@ -115,6 +115,18 @@ class TfBuffer:
         with self._lock:
             self._edges = {} if static_too else {c: e for c, e in self._edges.items() if e.static}
 
+    def drop_after(self, stamp: float) -> None:
+        """Forget dynamic samples stamped after `stamp` (the clock went back: they belong to
+        the old timeline); statics stay."""
+        with self._lock:
+            for child, e in list(self._edges.items()):
+                if e.static:
+                    continue
+                cut = bisect.bisect_right(e.stamps, stamp)
+                del e.stamps[cut:], e.translations[cut:], e.rotations[cut:]
+                if not e.stamps:
+                    del self._edges[child]
+
     def frames(self) -> set[str]:
         with self._lock:
             return set(self._edges) | {e.parent for e in self._edges.values()}
@@ -207,6 +219,9 @@ class Tf2RosBuffer:
 
     def clear(self, static_too: bool = False) -> None:
         self._buffer.clear()
+
+    def drop_after(self, stamp: float) -> None:
+        self._buffer.clear()  # tf2 cannot drop part of a history: start afresh
 
     def lookup(self, target: str, source: str, stamp: float) -> np.ndarray:
         from rclpy.time import Time
