@@ -19,7 +19,7 @@ def run_json(capsys, *argv) -> dict:
 
 def test_bench_gpu_tiny_reports_fast_baseline_and_floor(capsys):
     r = run_json(capsys, "gpu", "--tiny", "--frames", "1", "--repeats", "1", "--grounding-tokens", "4",
-                 "--cot-tokens", "6", "--check")
+                 "--cot-tokens", "6", "--check", "--path", "both")
     for key in GPU_KEYS:
         for name in (key, f"baseline_{key}", f"floor_{key}"):
             assert name in r, name
@@ -37,6 +37,11 @@ def test_bench_gpu_tiny_reports_fast_baseline_and_floor(capsys):
     assert r["check_prompt_logits_rel_err"] < 1e-4
     assert r["check_leading_tokens_equal_baseline"] == 4
     assert r["check_baseline_token_agreement"] == 1.0 and r["check_max_gap_std"] < 1e-4
+    # the product path: cold keyframes preprocess every frame, a follow-up hits both caches
+    assert r["stages_grounding"]["frames_preprocessed"] == 1.0 and r["stages_grounding"]["prefix_cache_hit"] == 0.0
+    assert r["stages_grounding_arrival"]["frames_preprocessed"] == 0.0
+    assert r["stages_followup_total"]["visual_cache_hit"] == r["stages_followup_total"]["prefix_cache_hit"] == 1.0
+    assert r["engine_grounding_s"] > 0 and r["prepare_frames_s"] > 0 and r["warmup_s"] > 0
 
 
 def test_bench_mapping_tiny(capsys):

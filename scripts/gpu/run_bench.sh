@@ -1,6 +1,7 @@
 #!/bin/bash
 # One call on the GPU machine: the language-model bench with decode variants and the correctness
-# check, the kernel profile, the full end-to-end bench, and the mapping bench. Everything lands in
+# check, the kernel profile, the full end-to-end bench, the product path (Reasoner with caches and
+# warm-up: STEPS=product), and the mapping bench. Everything lands in
 # $OUT/results.tgz (the device tool returns at most 8 files); a digest goes to stdout.
 #   OUT=/tmp/o bash scripts/gpu/run_bench.sh
 set -u
@@ -24,6 +25,8 @@ for s in $STEPS; do case $s in
          --variants "${VARIANTS:-eager,compile,graph-sdpa,reduce-overhead}" ${LLM_ARGS:-} --json ;;
   prof) step prof "${T_PROF:-110}" python3 scripts/gpu/profile_llm.py --out "$RES/prof" ;;
   vision) step vision "${T_VIS:-60}" python3 scripts/gpu/profile_vision.py --out "$RES/vision" ;;
+  product) step product "${T_PROD:-480}" python3 -m gs_reasoner_ros.cli bench gpu --path "${PATH_MODE:-product}" \
+         ${PROD_ARGS:-} --json ;;
   full) step full "${T_FULL:-170}" python3 -m gs_reasoner_ros.cli bench gpu --check --decode "$DECODE" --json ;;
   mapping) step mapping "${T_MAP:-40}" python3 -m gs_reasoner_ros.cli bench mapping --json ;;
 esac; done
