@@ -263,11 +263,14 @@ class Reasoner:
     def clear_caches(self) -> None:
         """Forget the per-frame preprocessing, the visual tokens and the cached prompt prefixes."""
         with self._lock:
-            self.frame_cache.clear()
-            self._visual_cache.clear()
-            decoder = getattr(self.model, "decoder", None)
-            if decoder is not None:
-                decoder._drop_prefixes()
+            self._drop_caches()
+
+    def _drop_caches(self) -> None:  # with self._lock held
+        self.frame_cache.clear()
+        self._visual_cache.clear()
+        decoder = getattr(self.model, "decoder", None)
+        if decoder is not None:
+            decoder._drop_prefixes()
 
     def prepare_frames(self, scene) -> int:
         """Do the per-frame preprocessing of every frame of `scene` now (e.g. as keyframes arrive)
@@ -343,13 +346,17 @@ class Reasoner:
         with self._lock, torch.inference_mode():
             t0 = timings["start"] = time.perf_counter()
             frames = scene.uniform_indices(self.num_frames)
-            visual_key, visual, stages = self._visual(scene, frames, timings)
-            t2 = time.perf_counter()
-            ids = prompt_ids(self.tokenizer, question, options, task)
-            # The text before <image> is the same for every task; it and the visual tokens are the prefix.
-            prefix_key = (visual_key, tuple(ids[:ids.index(IMAGE_TOKEN_INDEX)]))
-            out = self.model.generate(ids, visual, budget, self.eos_token_ids, prefix_key=prefix_key)
-            _check_finite(out)
+            try:
+                visual_key, visual, stages = self._visual(scene, frames, timings)
+                t2 = time.perf_counter()
+                ids = prompt_ids(self.tokenizer, question, options, task)
+                # The text before <image> is the same for every task; it and the visual tokens are the prefix.
+                prefix_key = (visual_key, tuple(ids[:ids.index(IMAGE_TOKEN_INDEX)]))
+                out = self.model.generate(ids, visual, budget, self.eos_token_ids, prefix_key=prefix_key)
+                _check_finite(out)
+            except BaseException:
+                self._drop_caches()  # a failure (NaN tokens, OOM mid-prefill) must not be replayed from them
+                raise
             t3 = time.perf_counter()
             del timings["start"]
             embeds = visual.detach().float().cpu().numpy() if tensors else None
