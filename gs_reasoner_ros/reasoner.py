@@ -265,12 +265,17 @@ class Reasoner:
         with self._lock:
             self._drop_caches()
 
-    def _drop_caches(self) -> None:  # with self._lock held
+    def _drop_caches(self, zero_kv: bool = False) -> None:  # with self._lock held
         self.frame_cache.clear()
         self._visual_cache.clear()
         decoder = getattr(self.model, "decoder", None)
         if decoder is not None:
             decoder._drop_prefixes()
+            if zero_kv:
+                # NaN left in the static KV cache past a later prompt's end still reaches the
+                # attention output through the masked positions (0 * NaN); called in inference_mode.
+                for t in getattr(decoder, "_keys", []) + getattr(decoder, "_values", []):
+                    t.zero_()
 
     def prepare_frames(self, scene) -> int:
         """Do the per-frame preprocessing of every frame of `scene` now (e.g. as keyframes arrive)
@@ -355,7 +360,7 @@ class Reasoner:
                 out = self.model.generate(ids, visual, budget, self.eos_token_ids, prefix_key=prefix_key)
                 _check_finite(out)
             except BaseException:
-                self._drop_caches()  # a failure (NaN tokens, OOM mid-prefill) must not be replayed from them
+                self._drop_caches(zero_kv=True)  # a failure (NaN tokens, OOM mid-prefill) must not be replayed
                 raise
             t3 = time.perf_counter()
             del timings["start"]
