@@ -31,7 +31,8 @@ STORM_CALLS = 50
 NODE = "/gs_reasoner"
 CURVE_FIELDS = ("t_s", "frames_sent", "synced", "integrated", "rejected", "tf_failures", "sync_dropped",
                 "keyframes", "map_points", "rss_mb", "queries_ok", "queries_failed", "lag_frames", "lag_s",
-                "tf_waiting", "time_jump_resets", "relocalizations")
+                "tf_waiting", "time_jump_resets", "relocalizations", "color_hz", "depth_hz", "camera_info_hz",
+                "synced_hz", "node_cpu_s", "soak_cpu_s")
 
 
 def add_arguments(parser) -> None:
@@ -108,8 +109,13 @@ class StandInReasoner:
 
 
 def node_main(argv: list[str]) -> int:
-    """reasoner_node with the stand-in model (argv as for reasoner_node)."""
+    """reasoner_node with the stand-in model (argv as for reasoner_node). SIGUSR1 dumps every
+    thread's stack into the log (the soak asks for it when the node does not exit)."""
+    import faulthandler
+
     from gs_reasoner_ros.ros.node import run
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     return run(argv, reasoner_factory=lambda params: StandInReasoner())
 
@@ -280,6 +286,14 @@ class _Queries:
         return self._inflight is not None or (self.storm is not None and not self.storm["done"])
 
 
+def _cpu_s(proc) -> float:
+    try:
+        t = proc.cpu_times()
+        return t.user + t.system
+    except Exception:  # noqa: BLE001 (the node exited)
+        return float("nan")
+
+
 def _rss_mb(proc) -> float:
     try:
         return proc.memory_info().rss / 2**20
@@ -319,7 +333,7 @@ def run_soak(cfg: SoakConfig, log=print) -> dict:
         if driver is not None:
             driver.close()
         ctx.try_shutdown()
-    summary.update(node_exit_code=code, node_exit_s=round(exit_s, 2))
+    summary.update(node_exit_code=code, node_exit_s=round(exit_s, 2), out=str(out))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -330,7 +344,9 @@ def _stop_node(proc: subprocess.Popen) -> tuple[float, int | None]:
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(15.0)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:  # stuck: have it write its stacks to node.log, then kill it
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
             proc.kill()
             proc.wait()
     return time.monotonic() - t0, proc.returncode
@@ -404,7 +420,9 @@ def _sample(driver, node_proc, queries, sent, t, send_wall, stamp0, stamp_hz) ->
             "sync_dropped": v("sync_dropped_total"), "keyframes": v("keyframes"), "map_points": v("map_points"),
             "rss_mb": round(_rss_mb(node_proc), 1), "queries_ok": queries.ok, "queries_failed": queries.failed,
             "lag_frames": lag_frames, "lag_s": round(lag_s, 3), "tf_waiting": v("tf_waiting"),
-            "time_jump_resets": v("time_jump_resets_total"), "relocalizations": v("relocalizations_total")}
+            "time_jump_resets": v("time_jump_resets_total"), "relocalizations": v("relocalizations_total"),
+            **{k: v(k) for k in ("color_hz", "depth_hz", "camera_info_hz", "synced_hz")},
+            "node_cpu_s": round(_cpu_s(node_proc), 2), "soak_cpu_s": round(sum(os.times()[:2]), 2)}
 
 
 def _write_curve(path: Path, rows: list[dict]) -> None:
@@ -425,6 +443,7 @@ def _summarize(cfg, rows, warm, warmup, queries, send_wall) -> dict:
     wall = float(send_wall[-1] - send_wall[0]) if len(send_wall) > 1 else 0.0
     summary = {
         "frames_sent": end["frames_sent"], "frames_synced": end["synced"], "frames_integrated": end["integrated"],
+        "frames_integrated_after_warmup": end["integrated"] - warm["integrated"],
         "frames_rejected": end["rejected"], "tf_failures": end["tf_failures"], "sync_dropped": end["sync_dropped"],
         "time_jump_resets": end["time_jump_resets"], "relocalizations": end["relocalizations"],
         "send_rate_hz": round((len(send_wall) - 1) / wall, 2) if wall else 0.0,
@@ -443,7 +462,7 @@ def _summarize(cfg, rows, warm, warmup, queries, send_wall) -> dict:
         "lag_s_mean_first_third": round(float(lags[:third].mean()), 3) if len(lags) else None,
         "lag_s_mean_last_third": round(float(lags[-third:].mean()), 3) if len(lags) else None,
         "tf_waiting_max": max(r["tf_waiting"] for r in rows),
-        "samples": len(rows), "gpu_memory": "n/a (CPU run)",
+        "node_cpu_s": end["node_cpu_s"], "samples": len(rows), "gpu_memory": "n/a (CPU run)",
     }
     if queries.storm is not None:
         summary["storm"] = {k: v for k, v in queries.storm.items() if k not in ("t0", "done")}

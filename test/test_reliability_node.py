@@ -52,10 +52,14 @@ class Faulty:
             model.generate = lambda *a, **k: (_ for _ in ()).throw(
                 torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"))
         elif self.fault == "exception":
-            model.encode_visual = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("sonata exploded"))
+            model.generate = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("decoder exploded"))
         elif self.fault == "nan":
             with torch.no_grad():
                 head.fill_(float("nan"))
+        elif self.fault == "nan visual tokens":  # from the encoders; the Reasoner caches visual tokens
+            self.r.clear_caches()
+            encode = model.encode_visual
+            model.encode_visual = lambda *a, **k: encode(*a, **k) * float("nan")
         try:
             result = self.r.run(scene, question, options=options, task=task, max_new_tokens=max_new_tokens)
             self.calls.append({"question": question, "budget": max_new_tokens, "ids": result.prompt_ids,
@@ -327,8 +331,8 @@ def test_sim_clock_going_back_resets(h):
 
 
 @pytest.mark.parametrize("fault, says", [("oom", "OutOfMemoryError: CUDA out of memory"),
-                                         ("nan", "NaN/inf logits"),
-                                         ("exception", "RuntimeError: sonata exploded")])
+                                         ("nan", "NaN/inf logits"), ("nan visual tokens", "NaN/inf logits"),
+                                         ("exception", "RuntimeError: decoder exploded")])
 def test_a_failing_model_fails_the_query_and_the_next_one_works(h, fault, says):
     if len(h.node.keyframes) < 3:
         h.play_and_wait(range(10, 14))
@@ -338,7 +342,7 @@ def test_a_failing_model_fails_the_query_and_the_next_one_works(h, fault, says):
     finally:
         h.model.fault = None
     assert not resp.success and says in resp.message, resp.message
-    again = h.call("ground", description="the sofa")
+    again = h.call("ask", question="where is the sofa?")  # the same keyframes: cached work is not reused
     assert again.success, again.message
     assert h.node.worker is not None and not h.node.worker.busy
 
