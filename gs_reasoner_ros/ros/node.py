@@ -46,6 +46,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 
 from gs_reasoner_ros.ros import conversions, dds, markers, params, qos
 from gs_reasoner_ros.ros.diagnostics import Health, diagnostic_array
+from gs_reasoner_ros.ros.frame_preparer import FramePreparer
 from gs_reasoner_ros.ros.queries import QueryEngine, QueryLimits, QueryOutcome, export_scene
 from gs_reasoner_ros.ros.query_worker import QueryWorker, Refused
 from gs_reasoner_ros.ros.sync import message_filters
@@ -147,6 +148,8 @@ class ReasonerNode(LifecycleNode):
         self.tf = make_buffer(p.tf_cache_s)
         self.engine = QueryEngine(self.reasoner, self.keyframes, self.voxel_map, self._limits())
         self.worker = QueryWorker(p.query_queue_size, p.query_wait_s)
+        if p.prepare_keyframes and hasattr(self.reasoner, "prepare_frames"):
+            self.preparer = FramePreparer(self.reasoner, lambda err: self._reject("keyframe preparation", err))
         self._pending = collections.deque()
         if p.time_jump_reset_s > 0:  # only fires for ROS time, i.e. use_sim_time with a /clock
             threshold = JumpThreshold(min_forward=None, min_backward=Duration(seconds=-p.time_jump_reset_s),
@@ -224,6 +227,9 @@ class ReasonerNode(LifecycleNode):
         worker = getattr(self, "worker", None)
         if worker is not None:
             worker.stop()
+        preparer = getattr(self, "preparer", None)
+        if preparer is not None:
+            preparer.stop()
         for timer in getattr(self, "_configured_timers", []):
             self.destroy_timer(timer)
         for sub in getattr(self, "_subs", []):
@@ -233,6 +239,7 @@ class ReasonerNode(LifecycleNode):
             handle.unregister()
         self._configured_timers, self._subs, self._jump_handle = [], [], None
         self.reasoner = self.tf = self.voxel_map = self.keyframes = self.engine = self.worker = None
+        self.preparer = None
         self._loaded_p = None
         self._pending = None
         self._inputs, self._sync = [], None
@@ -369,7 +376,8 @@ class ReasonerNode(LifecycleNode):
         try:
             frame = Frame(rgb=f.rgb, depth=f.depth, K=f.k, pose=pose, stamp=f.stamp)
             self.voxel_map.integrate_frame(frame, stride=p.map_stride)
-            self.keyframes.offer(frame)
+            if self.keyframes.offer(frame) and self.preparer is not None:
+                self.preparer.submit(frame)
         except Exception as err:  # noqa: BLE001
             self._reject("frame integration", err)
             return

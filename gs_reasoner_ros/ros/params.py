@@ -98,6 +98,9 @@ PARAMETERS: tuple[Param, ...] = (
     Param("keyframe_max_interval_s", 5.0, "A keyframe is taken at least this often while frames arrive "
           "(next configure).", 0.0, 3600.0),
     # queries
+    Param("prepare_keyframes", True, "Preprocess each new keyframe for the model as it arrives (on its own "
+          "thread), so a question only applies the poses; off: all preprocessing at question time "
+          "(next configure)."),
     Param("align_to_walls", True, "Rotate the scene about gravity so the dominant walls are axis-aligned "
           "for the model (as in training); boxes are rotated back to world_frame."),
     Param("default_max_new_tokens", 0, "Token budget when a request says 0; 0 = the model's per-task default "
