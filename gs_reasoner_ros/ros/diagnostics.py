@@ -77,7 +77,8 @@ def diagnostic_array(node_name: str, stamp, snap: dict, active: bool) -> Diagnos
     g = snap.get
     inputs = {k: g(k, 0) for k in ("color_hz", "depth_hz", "camera_info_hz", "synced_hz", "integrated_hz",
                                    "synced_total", "sync_dropped_total", "rejected_total")}
-    inputs.update({k: g(k, 0) for k in ("input_gaps_total", "last_input_gap_s")})
+    inputs.update({k: g(k, 0) for k in ("input_gaps_total", "last_input_gap_s", "intake_waiting",
+                                        "intake_dropped_total")})
     inputs["last_rejection"] = g("last_rejection", "")
     age = g("last_frame_age_s", "never")
     inputs["last_frame_age_s"] = age

@@ -14,10 +14,13 @@ Faults it absorbs: a camera that pauses (counted as an input gap), a localiser t
 timeline: TF, synchronizer queues and waiting frames are dropped, the map and keyframes too
 unless told otherwise).
 
-Threads (MultiThreadedExecutor): intake (synced frames + the TF-wait retry timer) in one
-mutually exclusive group, TF in another, outputs (map cloud, diagnostics) in a third, the
-services in a reentrant group; the model itself runs on the QueryWorker thread, so sensors
-and TF keep flowing during a query. No callback lets an exception out: bad input is
+Threads (MultiThreadedExecutor): the camera subscriptions and the synchronizer in one mutually
+exclusive group, TF in another, outputs (map cloud, diagnostics) in a third, the services in a
+reentrant group. Callbacks on the executor only do bookkeeping: a synced frame is queued for
+the intake thread, which decodes it, waits for its pose and fuses it. (rclpy re-dispatches a
+ready entity of a busy mutually exclusive group in a tight loop, so a callback that fused a
+frame itself would spin the executor and starve the very thread doing the work.) The model
+runs on the QueryWorker thread, so sensors and TF keep flowing during a query. No callback lets an exception out: bad input is
 rejected, counted and reported in a throttled warning and on /diagnostics.
 """
 from __future__ import annotations
@@ -54,7 +57,7 @@ from gs_reasoner_ros.ros.tf_buffer import TfError, make_buffer
 from gs_reasoner_ros.srv import AskSpatialQuestion, ExportScene, GroundObjects
 
 NODE_NAME = "gs_reasoner"
-PENDING_RETRY_S = 0.02
+INTAKE_POLL_S = 0.02  # how often the intake thread retries frames waiting for their pose
 RELOCALIZATION_WINDOW_S = 1.0  # consecutive frames further apart may legitimately have moved far
 MAX_TRACKED_TF_EDGES = 4096  # newest-stamp bookkeeping; beyond it the table restarts (hostile TF)
 WARN_THROTTLE_S = 5.0
@@ -85,7 +88,11 @@ class ReasonerNode(LifecycleNode):
         self._factory = reasoner_factory or load_reasoner
         self._groups = {name: MutuallyExclusiveCallbackGroup() for name in ("intake", "tf", "output")}
         self._groups["services"] = ReentrantCallbackGroup()
-        self._intake_lock = threading.RLock()
+        self._intake_lock = threading.RLock()  # the pending frames, map and keyframes
+        self._timeline_lock = threading.Lock()  # newest stamps per input and TF edge
+        self._inbox: collections.deque = collections.deque()  # synced frames for the intake thread
+        self._inbox_cv = threading.Condition()
+        self._intake_thread = None
         self._active = False
         self._configure_error = ""
         self._release()
@@ -161,7 +168,7 @@ class ReasonerNode(LifecycleNode):
             self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, static=True),
                                      qos.TF_STATIC, callback_group=g["tf"]),
         ]
-        self._configured_timers = [self.create_timer(PENDING_RETRY_S, self._retry_pending, callback_group=g["intake"])]
+        self._configured_timers = []
         if p.map_publish_period_s > 0:
             self._configured_timers.append(self.create_timer(p.map_publish_period_s, self._publish_map,
                                                   callback_group=g["output"]))
@@ -179,6 +186,9 @@ class ReasonerNode(LifecycleNode):
         self._sync = mf.ApproximateTimeSynchronizer(self._inputs, p.sync_queue_size, p.sync_slop_s)
         self._sync.registerCallback(self._on_frame)
         self._active = True
+        self._intake_stop = False
+        self._intake_thread = threading.Thread(target=self._intake_loop, name="intake", daemon=True)
+        self._intake_thread.start()
         self.get_logger().info(f"active: intake from {self.resolve_topic_name('color/image')}, "
                                f"{self.resolve_topic_name('depth/image')}, "
                                f"{self.resolve_topic_name('color/camera_info')} ({p.input_qos}), "
@@ -209,6 +219,7 @@ class ReasonerNode(LifecycleNode):
         for f in getattr(self, "_inputs", []):
             self.destroy_subscription(f.sub)
         self._inputs, self._sync = [], None
+        self._stop_intake_thread()
         with self._intake_lock:
             if getattr(self, "_pending", None) is not None:
                 self._pending.clear()
@@ -246,6 +257,7 @@ class ReasonerNode(LifecycleNode):
         self._map_version = self._published_version = 0
         self._newest_integrated = 0.0
         self._newest_input, self._newest_tf = {}, {}
+        self._last_reset = None  # (stamp, monotonic time) of the latest new timeline
         self._last_poses = collections.deque(maxlen=2)  # (stamp, camera pose) of the last integrated frames
         self._last_synced_wall = None
         self.health.set("model_loaded", False)
@@ -254,7 +266,18 @@ class ReasonerNode(LifecycleNode):
         """Shutdown path of main(): refuse queries and release waiting callers at once.
         Returns False while a model call is still running on the worker thread."""
         self._active = False
+        self._stop_intake_thread()
         return self.worker is None or self.worker.stop(timeout_s)
+
+    def _stop_intake_thread(self, timeout_s: float = 2.0) -> None:
+        thread = self._intake_thread
+        with self._inbox_cv:
+            self._intake_stop = True
+            self._inbox.clear()
+            self._inbox_cv.notify()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+        self._intake_thread = None
 
     # ---- entities -------------------------------------------------------------------
 
@@ -305,12 +328,14 @@ class ReasonerNode(LifecycleNode):
             stamp = conversions.stamp_to_sec(msg.header.stamp)
         except Exception:  # noqa: BLE001 (the decoder rejects it later)
             return
-        with self._intake_lock:
+        with self._timeline_lock:  # not the intake lock: the intake thread holds that while fusing
             newest = self._newest_input.get(name)
-            if newest is not None and stamp < newest - threshold:
-                self._new_timeline(f"{name} stamps jumped back {newest - stamp:.1f} s", stamp)
-                newest = None
-            self._newest_input[name] = stamp if newest is None else max(stamp, newest)
+            jumped = newest is not None and stamp < newest - threshold
+            self._newest_input[name] = stamp if newest is None or jumped else max(stamp, newest)
+        if jumped:
+            self._new_timeline(f"{name} stamps jumped back {newest - stamp:.1f} s", stamp)
+            with self._timeline_lock:
+                self._newest_input[name] = stamp
 
     def _on_frame(self, color: Image, depth: Image, info: CameraInfo) -> None:
         self.health.count("synced")
@@ -322,9 +347,38 @@ class ReasonerNode(LifecycleNode):
             self.get_logger().warning(f"camera input resumed after a {now - last:.1f} s gap (input_gap_s)")
         if not self._active:
             return
+        with self._inbox_cv:
+            if len(self._inbox) >= self.p.intake_queue_size:
+                self._inbox.popleft()
+                n = self.health.count("intake_dropped")
+                self.get_logger().warning(f"intake is behind: dropped the oldest synced frame ({n} so far; "
+                                          "intake_queue_size)", throttle_duration_sec=WARN_THROTTLE_S)
+            self._inbox.append((color, depth, info))
+            self._inbox_cv.notify()
+
+    def _intake_loop(self) -> None:
+        """The intake thread: decode queued frames, wait for their poses, fuse them."""
+        while True:
+            with self._inbox_cv:
+                if not self._inbox and not self._intake_stop:
+                    self._inbox_cv.wait(INTAKE_POLL_S)
+                if self._intake_stop:
+                    return
+                batch = list(self._inbox)
+                self._inbox.clear()
+            try:
+                for color, depth, info in batch:
+                    self._accept(color, depth, info)
+                with self._intake_lock:
+                    if self._pending:
+                        self._drain_pending()
+            except Exception as err:  # noqa: BLE001 (the thread must outlive any bad frame)
+                self._reject("intake", err)
+
+    def _accept(self, color: Image, depth: Image, info: CameraInfo) -> None:
         try:
             frame = conversions.decode_rgbd(color, depth, info)
-        except Exception as err:  # noqa: BLE001 (never raise out of a callback)
+        except Exception as err:  # noqa: BLE001
             self._reject("RGB-D frame", err)
             return
         frame.frame_id = frame.frame_id.lstrip("/")
@@ -336,11 +390,6 @@ class ReasonerNode(LifecycleNode):
                 self._tf_failure("too many frames waiting for TF; dropped the oldest")
             self._pending.append((frame, time.monotonic() + self.p.tf_timeout_s))
             self._drain_pending()
-
-    def _retry_pending(self) -> None:
-        with self._intake_lock:
-            if self._pending:
-                self._drain_pending()
 
     def _drain_pending(self) -> None:
         """Integrate every waiting frame whose pose is known; drop those past their deadline."""
@@ -426,6 +475,10 @@ class ReasonerNode(LifecycleNode):
         New-timeline messages that other inputs delivered first are kept."""
         with self._intake_lock:
             p = self.p
+            now, last = time.monotonic(), self._last_reset
+            if last is not None and abs(stamp - last[0]) <= p.time_jump_reset_s and now - last[1] < 1.0:
+                return  # the same jump, seen first on another input or TF edge
+            self._last_reset = (stamp, now)
             cutoff = stamp + p.time_jump_reset_s
             self.get_logger().warning(f"{why}: starting a new timeline (time_jump_reset_s): TF history, "
                                       f"synchronizer queues and frames waiting for TF after {cutoff:.3f}"
@@ -437,7 +490,12 @@ class ReasonerNode(LifecycleNode):
             self._drop_sync_after(cutoff)
             if self._pending:
                 self._pending = collections.deque(e for e in self._pending if e[0].stamp <= cutoff)
-            self._newest_input, self._newest_tf = {}, {}
+            with self._inbox_cv:
+                kept = [m for m in self._inbox if conversions.stamp_to_sec(m[1].header.stamp) <= cutoff]
+                self._inbox.clear()
+                self._inbox.extend(kept)
+            with self._timeline_lock:
+                self._newest_input, self._newest_tf = {}, {}
             self._last_poses.clear()
             if self.keyframes is None:
                 return
@@ -489,13 +547,16 @@ class ReasonerNode(LifecycleNode):
 
     def _check_tf_stamp(self, child: str, stamp: float, threshold: float) -> None:
         """Per edge: localisers legitimately publish older stamps than odometry does."""
-        newest = self._newest_tf.get(child)
-        if newest is not None and stamp < newest - threshold:
+        with self._timeline_lock:
+            newest = self._newest_tf.get(child)
+            jumped = newest is not None and stamp < newest - threshold
+            if len(self._newest_tf) >= MAX_TRACKED_TF_EDGES and child not in self._newest_tf:
+                self._newest_tf = {}
+            self._newest_tf[child] = stamp if newest is None or jumped else max(stamp, newest)
+        if jumped:
             self._new_timeline(f"TF stamps of {child!r} jumped back {newest - stamp:.1f} s", stamp)
-            newest = None
-        if len(self._newest_tf) >= MAX_TRACKED_TF_EDGES and child not in self._newest_tf:
-            self._newest_tf = {}
-        self._newest_tf[child] = stamp if newest is None else max(stamp, newest)
+            with self._timeline_lock:
+                self._newest_tf[child] = stamp
 
     # ---- outputs --------------------------------------------------------------------
 
@@ -521,6 +582,7 @@ class ReasonerNode(LifecycleNode):
             self.health.set("last_frame_age_s", "never" if last is None else round(time.monotonic() - last, 2))
             self.health.set("input_gap_s", self.p.input_gap_s)
             self.health.set("query_running", bool(self.worker and self.worker.busy))
+            self.health.set("intake_waiting", len(self._inbox))
             if self._sync is not None:  # the system message_filters does not count its drops
                 self.health.set("sync_dropped_total", getattr(self._sync, "dropped", "n/a"))
             arr = diagnostic_array(self.get_name(), self.get_clock().now().to_msg(), self.health.snapshot(),
@@ -593,6 +655,8 @@ class ReasonerNode(LifecycleNode):
             self.voxel_map.clear()
             if self._pending is not None:
                 self._pending.clear()
+            with self._inbox_cv:
+                self._inbox.clear()
             self._map_version += 1
             self._newest_integrated = 0.0
             self._last_poses.clear()

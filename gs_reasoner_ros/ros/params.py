@@ -57,6 +57,9 @@ PARAMETERS: tuple[Param, ...] = (
     Param("tf_cache_s", 10.0, "History kept per TF edge (next configure).", 1.0, 300.0),
     Param("tf_pending_frames", 8, "Frames that may wait for TF at once; the oldest is dropped beyond it.",
           1, 64),
+    Param("intake_queue_size", 4, "Synced frames that may wait for the intake thread (decoding, pose, fusing); "
+          "beyond it the oldest is dropped and counted (intake_dropped_total), so a slow machine falls behind "
+          "by at most this many frames.", 1, 64),
     Param("time_jump_reset_s", 1.0, "If the stamps of an input or a TF edge, or the ROS clock (use_sim_time), go "
           "back by more than this (bag loop, simulator reset), the node starts a new timeline: TF history, "
           "synchronizer queues and frames waiting for TF are dropped, and the map and keyframes as "
