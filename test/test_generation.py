@@ -147,3 +147,34 @@ def test_failed_compile_falls_back_to_eager_steps(lm, monkeypatch, caplog):
         dec.warmup()
     assert "no compiler here" in caplog.text and dec.compile is False
     assert dec.generate(prompt, 8).ids.tolist() == naive_greedy(lm, prompt, 8)[0]
+
+
+def test_attention_lengths_cover_the_position(lm):
+    dec = GreedyDecoder(lm, max_cache_len=300, attention_bucket=100)  # cache 320, buckets of 128
+    assert dec.attention_lengths == (128, 256, 320)
+    assert [dec.attention_length(p) for p in (0, 127, 128, 255, 256, 319)] == [128, 128, 256, 256, 320, 320]
+    with pytest.raises(ValueError, match="outside the cache"):
+        dec.attention_length(320)
+    assert GreedyDecoder(lm, max_cache_len=300, attention_bucket=None).attention_lengths == (320,)
+    with pytest.raises(ValueError, match="attention_bucket"):
+        GreedyDecoder(lm, max_cache_len=64, attention_bucket=0)
+
+
+@pytest.mark.parametrize("attention", ["matmul", "sdpa"])
+def test_answer_crossing_attention_buckets_matches_naive_loop(lm, attention):
+    # positions 50..89 cross the 64-slot bucket; slots past 128 hold NaN, which the step must
+    # never read (a whole-cache step would: 0 * NaN through the masked positions)
+    prompt = embeds(50, seed=11)
+    dec = GreedyDecoder(lm, max_cache_len=256, attention_bucket=64, decode_attention=attention)
+    dec.warmup()
+    for t in dec._keys + dec._values:
+        t[:, :, 128:] = float("nan")
+    got = dec.generate(prompt, max_new_tokens=40)
+    ref_ids, ref_probs, _ = naive_greedy(lm, prompt, 40)
+    assert got.ids.tolist() == ref_ids
+    torch.testing.assert_close(got.token_probs, torch.tensor(ref_probs), rtol=1e-5, atol=1e-6)
+    # the same NaN poisons a decoder that attends over the whole cache: the test can fail
+    whole = GreedyDecoder(lm, max_cache_len=256, attention_bucket=None, decode_attention=attention)
+    for t in whole._keys + whole._values:
+        t[:, :, 128:] = float("nan")
+    assert whole.generate(prompt, max_new_tokens=40).ids.tolist() != ref_ids

@@ -8,6 +8,10 @@ once. ``GreedyDecoder`` keeps the work per token down to the weight reads:
 - one decode step whose inputs (token, position) live in device buffers and which updates them
   itself, so on CUDA the step is captured once into a CUDA graph (optionally after
   ``torch.compile``) and each token costs one graph replay;
+- attention over a prefix of the cache only: the step attends over the first ``L`` slots, ``L``
+  the smallest multiple of ``attention_bucket`` above the current position, with one captured
+  graph per ``L`` (all from one compile with ``L`` as a dynamic size), so a short context does
+  not pay for reading the masked tail of a cache sized for the longest answer;
 - a prefix cache: the KV of a prompt prefix (system prompt + visual tokens) is kept under a key,
   so a follow-up question on the same keyframes prefills only the question.
 
@@ -82,6 +86,11 @@ class GreedyDecoder:
             arithmetic of transformers' eager attention) or "sdpa" (one fused
             scaled_dot_product_attention call with an additive mask; slower on an H100:
             its kernel spreads one decode step over only kv_heads blocks).
+        attention_bucket: the decode step attends over the first ``L`` cache slots only, ``L``
+            the smallest multiple of this (rounded up to 64) that covers the current position,
+            or the whole cache; each ``L`` gets its own CUDA graph. The skipped slots are masked
+            anyway, so the result is the same; the saving is their reads (about 0.15 ms per
+            1,000 slots per token for Qwen2-7B on an H100). None attends over the whole cache.
     """
 
     def __init__(
@@ -93,6 +102,7 @@ class GreedyDecoder:
         max_prefixes: int = 1,
         prefill_chunk: int | None = None,
         decode_attention: str = "matmul",
+        attention_bucket: int | None = 512,
     ) -> None:
         for attr in ("model", "lm_head", "config"):
             if not hasattr(lm, attr):
@@ -108,6 +118,8 @@ class GreedyDecoder:
             raise ValueError(f"prefill_chunk must be positive or None, got {prefill_chunk}")
         if decode_attention not in ("matmul", "sdpa"):
             raise ValueError(f"decode_attention must be 'matmul' or 'sdpa', got {decode_attention!r}")
+        if attention_bucket is not None and (not isinstance(attention_bucket, int) or attention_bucket < 1):
+            raise ValueError(f"attention_bucket must be a positive int or None, got {attention_bucket!r}")
         if compile not in (False, True, "auto", "reduce-overhead"):
             raise ValueError(f"compile must be 'auto', False, True or 'reduce-overhead', got {compile!r}")
 
@@ -125,6 +137,7 @@ class GreedyDecoder:
         self.max_prefixes = max_prefixes
         self.prefill_chunk = prefill_chunk
         self.decode_attention = decode_attention
+        self.attention_lengths = self._bucket_lengths(attention_bucket)
 
         if use_cuda_graphs == "auto":
             use_cuda_graphs = self.device.type == "cuda"
@@ -140,7 +153,8 @@ class GreedyDecoder:
         with torch.no_grad():
             self._alloc_buffers()
         self._step = self._decode_step
-        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}  # attention length -> captured step
+        self._host_pos = 0  # the host's copy of _pos: picks the attention length of each step
         self._warm = False
         self._warned_cold = False
         self._key_counter = itertools.count()
@@ -150,12 +164,29 @@ class GreedyDecoder:
         # Of the latest generate(): prefill_s (prompt + first token), decode_s (the other tokens).
         self.last_timings: dict = {}
 
+    # ------------------------------------------------------------------ attention lengths
+    def _bucket_lengths(self, bucket: int | None) -> tuple[int, ...]:
+        """The attention lengths the decode step is run with, ascending; the last is the cache."""
+        if bucket is None:
+            return (self.max_cache_len,)
+        step = -(-bucket // _CACHE_ALIGN) * _CACHE_ALIGN
+        return tuple(range(step, self.max_cache_len, step)) + (self.max_cache_len,)
+
+    def attention_length(self, pos: int) -> int:
+        """Cache slots the decode step attends over when it writes position ``pos``."""
+        if not 0 <= pos < self.max_cache_len:
+            raise ValueError(f"position {pos} is outside the cache (0..{self.max_cache_len - 1})")
+        return next(n for n in self.attention_lengths if n > pos)
+
     # ------------------------------------------------------------------ buffers
     def _alloc_buffers(self) -> None:
         n, L, dev = len(self.layers), self.max_cache_len, self.device
         # Separate (not views of one) tensors per layer: torch.compile then updates each in
         # place, where a view of a shared base makes it rewrite the whole base every step.
-        shape = (1, self.num_kv_heads, L, self.head_dim)
+        # One spare block of slots, never used: an attention slice of any length <= L is then
+        # never the whole buffer, so a compile with the length dynamic has no contiguity case to
+        # specialise on.
+        shape = (1, self.num_kv_heads, L + _CACHE_ALIGN, self.head_dim)
         self._keys = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in range(n)]
         self._values = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in range(n)]
         positions = torch.arange(L, device=dev)
@@ -233,13 +264,18 @@ class GreedyDecoder:
         return last
 
     # ------------------------------------------------------------------ decode step
-    def _decode_step(self) -> None:
-        """One token: embed _tok at _pos, append its KV, write argmax/probability, advance."""
+    def _decode_step(self, positions: Tensor) -> None:
+        """One token: embed _tok at _pos, append its KV, write argmax/probability, advance.
+
+        ``positions`` is ``_positions[:L]``: attention reads the first L cache slots (L > _pos);
+        its length is the one size that varies between calls (dynamic under torch.compile).
+        """
         pos = self._pos
+        n = positions.shape[0]
         x = self.lm.model.embed_tokens(self._tok)  # (1, 1, H)
         cos, sin = self._cos.index_select(1, pos), self._sin.index_select(1, pos)
-        # Additive bias hiding the cache slots after `pos` (stale or never written).
-        bias = torch.where(self._positions > pos, float("-inf"), 0.0)
+        # Additive bias hiding the slots after `pos` (stale or never written) within the L read.
+        bias = torch.where(positions > pos, float("-inf"), 0.0)
         for i, layer in enumerate(self.layers):
             q, k, v = self._attention_qkv(layer, layer.input_layernorm(x), cos, sin)
             keys, values = self._keys[i], self._values[i]
@@ -252,6 +288,8 @@ class GreedyDecoder:
             # The `groups` query heads sharing a kv head act as `groups` query rows against it,
             # so the cache is read once per kv head instead of once per query head.
             qg = q.reshape(1, self.num_kv_heads, self.groups, self.head_dim)
+            # narrow (not [:n]) so a dynamic n stays n, never min(n, cache length)
+            keys, values = keys.narrow(2, 0, n), values.narrow(2, 0, n)
             if self.decode_attention == "sdpa":
                 o = F.scaled_dot_product_attention(qg, keys, values, attn_mask=bias.to(qg.dtype).view(1, 1, 1, -1),
                                                    scale=self.scaling)
@@ -278,16 +316,20 @@ class GreedyDecoder:
         """
         t0 = time.perf_counter()
         self._drop_prefixes()
+        self._graphs.clear()
         try:
             self._compile_and_run()
-        except Exception as err:  # e.g. no working compiler toolchain: graphs alone still help
-            if not self.compile:
-                raise
-            log.warning("torch.compile of the decode step failed (%s: %s); using CUDA graphs without it",
-                        type(err).__name__, err)
-            self.compile, self._step = False, self._decode_step
-            self.use_cuda_graphs = self.device.type == "cuda"
-            self._compile_and_run()
+        except Exception as err:
+            if not self.compile or len(self.attention_lengths) == 1:
+                self._compile_failed(err)
+            else:  # the dynamic attention length is the new part: the whole-cache step still compiles
+                log.warning("torch.compile of the bucketed decode step failed (%s: %s); attending over the "
+                            "whole cache", type(err).__name__, err)
+                self.attention_lengths = (self.max_cache_len,)
+                try:
+                    self._compile_and_run()
+                except Exception as err2:
+                    self._compile_failed(err2)
         if self.use_cuda_graphs:
             self._capture()
         if self.device.type == "cuda":
@@ -296,45 +338,78 @@ class GreedyDecoder:
         self.warmup_s = time.perf_counter() - t0
         return self.warmup_s
 
+    def _compile_failed(self, err: Exception) -> None:
+        if not self.compile:
+            raise err
+        # e.g. no working compiler toolchain: graphs alone still help
+        log.warning("torch.compile of the decode step failed (%s: %s); using CUDA graphs without it",
+                    type(err).__name__, err)
+        self.compile, self._step = False, self._decode_step
+        self.use_cuda_graphs = self.device.type == "cuda"
+        self._compile_and_run()
+
+    def _positions_for(self, length: int) -> Tensor:
+        view = self._positions[:length]
+        if self.compile and len(self.attention_lengths) > 1:
+            # one compiled step serves every length
+            torch._dynamo.mark_dynamic(view, 0, min=2, max=self.max_cache_len)
+        return view
+
+    def _set_pos(self, pos: int) -> None:
+        self._pos.fill_(pos)
+        self._host_pos = pos
+
     def _compile_and_run(self) -> None:
+        dynamic = None if len(self.attention_lengths) > 1 else False
         if self.compile is True:
-            self._step = torch.compile(self._decode_step, fullgraph=True, dynamic=False)
+            self._step = torch.compile(self._decode_step, fullgraph=True, dynamic=dynamic)
         elif self.compile == "reduce-overhead":
             for t in (*self._keys, *self._values, self._tok, self._pos, self._next, self._prob):
                 torch._dynamo.mark_static_address(t)
-            self._step = torch.compile(self._decode_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
-        # A short real prefill + decode steps touch every kernel once and, with compile, compile.
+            self._step = torch.compile(self._decode_step, mode="reduce-overhead", fullgraph=True, dynamic=dynamic)
+        # A short real prefill + decode steps touch every kernel once and, with compile, compile
+        # (the longest and shortest attention lengths, so a dynamic compile sees both).
         probe = torch.zeros(1, min(16, self.max_cache_len // 2), self.hidden_size, dtype=self.dtype, device=self.device)
         self._prefill(probe, 0)
-        for _ in range(3):
-            self._tok.zero_()
-            self._pos.fill_(self.max_cache_len - 1)
-            self._step()
+        for length in dict.fromkeys((self.attention_lengths[-1], self.attention_lengths[0])):
+            for _ in range(2):
+                self._tok.zero_()
+                self._set_pos(length - 1)
+                self._step(self._positions_for(length))
 
     def _capture(self) -> None:
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):  # capture requires the side-stream warm-up
-            for _ in range(2):
-                self._pos.fill_(self.max_cache_len - 1)
-                self._step()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        self._pos.fill_(self.max_cache_len - 1)
-        with torch.cuda.graph(graph):
-            self._step()
-        self._graph = graph
+        """One CUDA graph per attention length, all in one memory pool (replays never overlap);
+        the longest first, so its temporaries size the pool."""
+        pool = None
+        for length in reversed(self.attention_lengths):
+            positions = self._positions_for(length)
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):  # capture requires the side-stream warm-up
+                for _ in range(2):
+                    self._set_pos(length - 1)
+                    self._step(positions)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            self._set_pos(length - 1)
+            with torch.cuda.graph(graph, pool=pool):
+                self._step(positions)
+            pool = graph.pool()
+            self._graphs[length] = graph
 
     def _run_step(self) -> None:
-        if self._graph is not None:
-            self._graph.replay()
+        length = self.attention_length(self._host_pos)
+        self._host_pos += 1
+        graph = self._graphs.get(length)
+        if graph is not None:
+            graph.replay()
         elif self._warm and self.compile:
-            self._step()
+            self._step(self._positions_for(length))
         else:
             if self.device.type == "cuda" and not self._warned_cold and (self.use_cuda_graphs or self.compile):
                 log.warning("GreedyDecoder used before warmup(): decoding eagerly (slow)")
                 self._warned_cold = True
-            self._decode_step()
+            self._decode_step(self._positions[:length])
 
     # ------------------------------------------------------------------ prefix cache
     def _drop_prefixes(self) -> None:
@@ -441,7 +516,7 @@ class GreedyDecoder:
         ids[0] = first
         probs[0] = torch.exp(logits.max() - torch.logsumexp(logits, dim=-1))
         self._tok.copy_(first.view(1, 1))
-        self._pos.fill_(start + T)
+        self._set_pos(start + T)
         self._sync()  # one sync per request, so prefill and decode times are separable
         t1 = time.perf_counter()
         n = self._decode_loop(ids, probs, max_new_tokens, eos)
