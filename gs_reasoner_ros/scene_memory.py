@@ -118,6 +118,7 @@ class VoxelMap:
         xyz, colors = self._frame_points(frame, int(stride))
         with self._lock:
             self._integrate(xyz, colors, frame.pose[:3, 3])
+            self._size = self._n
         return len(colors)
 
     def integrate(self, points, colors, origin=None) -> int:
@@ -142,6 +143,7 @@ class VoxelMap:
         scaled = pts * (1.0 / self.voxel_size)
         with self._lock:
             self._integrate([scaled[:, 0], scaled[:, 1], scaled[:, 2]], cols, origin)
+            self._size = self._n
         return len(pts)
 
     def points(self) -> np.ndarray:
@@ -160,8 +162,7 @@ class VoxelMap:
             return self._numpy(self._centroids()).astype(np.float32), self._numpy(self._mean_colors())
 
     def __len__(self) -> int:
-        with self._lock:
-            return self._n
+        return self._size  # set after each whole update: never waits for, nor sees inside, one
 
     def clear(self) -> None:
         """Forget every voxel."""
@@ -182,6 +183,7 @@ class VoxelMap:
                 return
             moved = (pts @ T[:3, :3].T + T[:3, 3]) * (1.0 / self.voxel_size)
             self._integrate([np.ascontiguousarray(moved[:, i]) for i in range(3)], cols, origin)
+            self._size = self._n
 
     # -- backend hooks (numpy here; TorchVoxelMap overrides them) --
 
@@ -201,7 +203,7 @@ class VoxelMap:
     # when it was last seen and its position in the hash table, which maps keys to slots.
 
     def _reset(self) -> None:
-        self._n = 0
+        self._n = self._size = 0
         self._tick = 0  # integration counter: the "age" that oldest-first eviction uses
         self._last_origin = np.zeros(3)
         self.evicted = 0

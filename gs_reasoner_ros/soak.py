@@ -28,11 +28,12 @@ from pathlib import Path
 import numpy as np
 
 STORM_CALLS = 50
+STORM_WINDOW_S = 3.0
 NODE = "/gs_reasoner"
 CURVE_FIELDS = ("t_s", "frames_sent", "synced", "integrated", "rejected", "tf_failures", "sync_dropped",
                 "keyframes", "map_points", "rss_mb", "queries_ok", "queries_failed", "lag_frames", "lag_s",
                 "tf_waiting", "time_jump_resets", "relocalizations", "color_hz", "depth_hz", "camera_info_hz",
-                "synced_hz", "node_cpu_s", "soak_cpu_s")
+                "synced_hz", "node_cpu_s", "soak_cpu_s", "intake_dropped", "intake_waiting")
 
 
 def add_arguments(parser) -> None:
@@ -49,7 +50,9 @@ def add_arguments(parser) -> None:
     a("--query-every", type=float, default=3.0, help="seconds between queries (0: none)")
     a("--storm-at", type=int, default=-1, help="frame index at which 50 concurrent ~/ask calls are fired (-1: never)")
     a("--sample-s", type=float, default=2.0, help="seconds between samples of the curve")
-    a("--warmup-frames", type=int, default=0, help="frames before memory counts as warmed up (0: a third)")
+    a("--warmup-frames", type=int, default=0,
+      help="frames before memory counts as warmed up (0: once keyframes and map have reached their caps "
+           "and a third of the frames, at most 2000, went by)")
     a("--max-keyframes", type=int, default=60, help="node parameter max_keyframes")
     a("--max-voxels", type=int, default=150000, help="node parameter max_voxels")
     a("--node-param", action="append", default=[], metavar="NAME:=VALUE", help="more node parameters")
@@ -269,11 +272,13 @@ class _Queries:
         s = self.storm
         if s is None or s["done"]:
             return
-        finished = all(f.done() for f in s["futures"])
-        if not finished and now - s["t0"] < self.timeout_s:
+        if "seconds" not in s and all(f.done() for f in s["futures"]):
+            s["seconds"] = round(now - s["t0"], 2)  # every call answered
+        # intake is counted over at least STORM_WINDOW_S: /diagnostics lags by its period
+        if ("seconds" not in s or now - s["t0"] < STORM_WINDOW_S) and now - s["t0"] < self.timeout_s:
             return
         results = [f.result() if f.done() else None for f in s["futures"]]
-        s.update(done=True, seconds=round(now - s["t0"], 2),
+        s.update(done=True, window_s=round(now - s["t0"], 2),
                  answered=sum(1 for r in results if r is not None and r.success),
                  refused=sum(1 for r in results if r is not None and not r.success and "busy" in r.message),
                  other_failures=sum(1 for r in results if r is not None and not r.success and "busy" not in r.message),
@@ -358,7 +363,6 @@ def _replay(cfg, driver, node_proc, K, poses, colors, depths, out, log) -> dict:
 
     player = driver.player
     n = cfg.frames
-    warmup = cfg.warmup_frames or n // 3
     send_wall = np.zeros(n)
     stamp0 = time.time()
     queries = _Queries(driver)
@@ -386,7 +390,7 @@ def _replay(cfg, driver, node_proc, K, poses, colors, depths, out, log) -> dict:
         if now >= next_sample or i == n - 1:
             rows.append(_sample(driver, node_proc, queries, i + 1, now - t0, send_wall, stamp0, cfg.stamp_hz))
             next_sample = now + cfg.sample_s
-            if rss_warm is None and i + 1 >= warmup:
+            if rss_warm is None and _warm(cfg, rows[-1]):
                 rss_warm = rows[-1]
             if len(rows) % 15 == 1:
                 r = rows[-1]
@@ -406,7 +410,16 @@ def _replay(cfg, driver, node_proc, K, poses, colors, depths, out, log) -> dict:
         time.sleep(0.05)
     rows.append(_sample(driver, node_proc, queries, n, time.monotonic() - t0, send_wall, stamp0, cfg.stamp_hz))
     _write_curve(out / "curve.csv", rows)
-    return _summarize(cfg, rows, rss_warm or rows[-1], warmup, queries, send_wall)
+    return _summarize(cfg, rows, rss_warm, queries, send_wall)
+
+
+def _warm(cfg, row: dict) -> bool:
+    """Warmed up: past --warmup-frames, or (by default) both stores have filled to their caps and
+    a third of the frames (at most 2000) went by, so the allocator's own ramp is over too."""
+    if cfg.warmup_frames:
+        return row["frames_sent"] >= cfg.warmup_frames
+    return (row["keyframes"] >= cfg.max_keyframes and row["map_points"] >= 0.8 * cfg.max_voxels
+            and row["frames_sent"] >= min(cfg.frames // 3, 2000))
 
 
 def _sample(driver, node_proc, queries, sent, t, send_wall, stamp0, stamp_hz) -> dict:
@@ -422,7 +435,8 @@ def _sample(driver, node_proc, queries, sent, t, send_wall, stamp0, stamp_hz) ->
             "lag_frames": lag_frames, "lag_s": round(lag_s, 3), "tf_waiting": v("tf_waiting"),
             "time_jump_resets": v("time_jump_resets_total"), "relocalizations": v("relocalizations_total"),
             **{k: v(k) for k in ("color_hz", "depth_hz", "camera_info_hz", "synced_hz")},
-            "node_cpu_s": round(_cpu_s(node_proc), 2), "soak_cpu_s": round(sum(os.times()[:2]), 2)}
+            "node_cpu_s": round(_cpu_s(node_proc), 2), "soak_cpu_s": round(sum(os.times()[:2]), 2),
+            "intake_dropped": v("intake_dropped_total"), "intake_waiting": v("intake_waiting")}
 
 
 def _write_curve(path: Path, rows: list[dict]) -> None:
@@ -432,8 +446,10 @@ def _write_curve(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def _summarize(cfg, rows, warm, warmup, queries, send_wall) -> dict:
+def _summarize(cfg, rows, warm, queries, send_wall) -> dict:
     end = rows[-1]
+    warmed_up = warm is not None
+    warm = warm or end
     after = [r for r in rows if r["frames_sent"] >= warm["frames_sent"]]
     rss = np.array([r["rss_mb"] for r in after])
     sent = np.array([r["frames_sent"] for r in after], dtype=float)
@@ -445,6 +461,7 @@ def _summarize(cfg, rows, warm, warmup, queries, send_wall) -> dict:
         "frames_sent": end["frames_sent"], "frames_synced": end["synced"], "frames_integrated": end["integrated"],
         "frames_integrated_after_warmup": end["integrated"] - warm["integrated"],
         "frames_rejected": end["rejected"], "tf_failures": end["tf_failures"], "sync_dropped": end["sync_dropped"],
+        "intake_dropped": end["intake_dropped"],
         "time_jump_resets": end["time_jump_resets"], "relocalizations": end["relocalizations"],
         "send_rate_hz": round((len(send_wall) - 1) / wall, 2) if wall else 0.0,
         "speedup_vs_real_time": round(cfg.rate / cfg.stamp_hz, 2), "wall_s": round(end["t_s"], 1),
@@ -452,7 +469,8 @@ def _summarize(cfg, rows, warm, warmup, queries, send_wall) -> dict:
         "queries_hung": queries.hung, "query_failures": queries.failures,
         "query_latency_mean_s": round(float(np.mean(queries.latencies)), 3) if queries.latencies else None,
         "query_latency_max_s": round(float(np.max(queries.latencies)), 3) if queries.latencies else None,
-        "rss_start_mb": rows[0]["rss_mb"], "warmup_frames": warmup, "rss_warmup_mb": warm["rss_mb"],
+        "rss_start_mb": rows[0]["rss_mb"], "warmed_up": warmed_up, "warmup_frames": warm["frames_sent"],
+        "rss_warmup_mb": warm["rss_mb"],
         "rss_end_mb": end["rss_mb"], "rss_max_after_warmup_mb": float(rss.max()) if len(rss) else None,
         "rss_growth_after_warmup_mb": round(end["rss_mb"] - warm["rss_mb"], 1),
         "rss_slope_after_warmup_mb_per_1000_frames": round(slope, 2),
@@ -485,8 +503,9 @@ def _print_summary(s: dict, out: str) -> None:
     if "storm" in s:
         st = s["storm"]
         print(f"[soak] storm of {STORM_CALLS} calls: {st.get('answered')} answered, {st.get('refused')} refused, "
-              f"{st.get('other_failures')} other failures, {st.get('hung')} hung in {st.get('seconds')} s; "
-              f"{st.get('synced_during'):.0f} frames synced while {st.get('frames_sent_during')} were sent")
+              f"{st.get('other_failures')} other failures, {st.get('hung')} hung, all answered in "
+              f"{st.get('seconds')} s; {st.get('synced_during'):.0f} frames synced while "
+              f"{st.get('frames_sent_during')} were sent in its first {st.get('window_s')} s")
     print(f"[soak] node exit code {s['node_exit_code']} after {s['node_exit_s']} s; curve and summary in {out}")
 
 

@@ -86,7 +86,9 @@ class ReasonerNode(LifecycleNode):
         self.add_post_set_parameters_callback(lambda _: setattr(self, "p", params.read(self)))
         self.health = Health()
         self._factory = reasoner_factory or load_reasoner
-        self._groups = {name: MutuallyExclusiveCallbackGroup() for name in ("intake", "tf", "output")}
+        # One group per output timer: a map publish waiting for the map lock must not hold up
+        # /diagnostics (a ready entity of a busy group makes rclpy's executor spin).
+        self._groups = {name: MutuallyExclusiveCallbackGroup() for name in ("intake", "tf", "output", "map")}
         self._groups["services"] = ReentrantCallbackGroup()
         self._intake_lock = threading.RLock()  # the pending frames, map and keyframes
         self._timeline_lock = threading.Lock()  # newest stamps per input and TF edge
@@ -95,6 +97,7 @@ class ReasonerNode(LifecycleNode):
         self._intake_thread = None
         self._active = False
         self._configure_error = ""
+        self._last_logged: dict = {}  # call site -> when it last logged (_log_throttled)
         self._release()
         self._create_outputs()
         self._create_services()
@@ -171,7 +174,7 @@ class ReasonerNode(LifecycleNode):
         self._configured_timers = []
         if p.map_publish_period_s > 0:
             self._configured_timers.append(self.create_timer(p.map_publish_period_s, self._publish_map,
-                                                  callback_group=g["output"]))
+                                                             callback_group=g["map"]))
         return SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -311,10 +314,21 @@ class ReasonerNode(LifecycleNode):
 
     # ---- intake ---------------------------------------------------------------------
 
+    def _log_throttled(self, level: str, text: str, period_s: float) -> None:
+        """At most one message per call site and period, rate-limited here rather than by rclpy's
+        logger, which looks up its caller's source file on every call (milliseconds of stat
+        calls), even when it then drops the message."""
+        site = sys._getframe(1).f_code
+        now = time.monotonic()
+        if now - self._last_logged.get(site, -float("inf")) < period_s:
+            return
+        self._last_logged[site] = now
+        getattr(self.get_logger(), level)(text)
+
     def _reject(self, what: str, err: Exception | str) -> None:
         n = self.health.count("rejected")
         self.health.set("last_rejection", f"{what}: {err}")
-        self.get_logger().warning(f"rejected {what}: {err} ({n} so far)", throttle_duration_sec=WARN_THROTTLE_S)
+        self._log_throttled("warning", f"rejected {what}: {err} ({n} so far)", WARN_THROTTLE_S)
 
     def _on_input(self, name: str, msg) -> None:
         """Every colour, depth and camera_info message, before the synchronizer: count it and
@@ -351,8 +365,8 @@ class ReasonerNode(LifecycleNode):
             if len(self._inbox) >= self.p.intake_queue_size:
                 self._inbox.popleft()
                 n = self.health.count("intake_dropped")
-                self.get_logger().warning(f"intake is behind: dropped the oldest synced frame ({n} so far; "
-                                          "intake_queue_size)", throttle_duration_sec=WARN_THROTTLE_S)
+                self._log_throttled("warning", f"intake is behind: dropped the oldest synced frame ({n} so far; "
+                                    "intake_queue_size)", WARN_THROTTLE_S)
             self._inbox.append((color, depth, info))
             self._inbox_cv.notify()
 
@@ -414,7 +428,7 @@ class ReasonerNode(LifecycleNode):
     def _tf_failure(self, why: str) -> None:
         n = self.health.count("tf_failures")
         self.health.set("last_tf_failure", why)
-        self.get_logger().warning(f"dropped a frame: {why} ({n} so far)", throttle_duration_sec=WARN_THROTTLE_S)
+        self._log_throttled("warning", f"dropped a frame: {why} ({n} so far)", WARN_THROTTLE_S)
 
     def _integrate(self, f: conversions.RgbdFrame, pose: np.ndarray) -> None:
         from gs_reasoner_ros.scene_memory import Frame
@@ -541,8 +555,8 @@ class ReasonerNode(LifecycleNode):
                                  (t.x, t.y, t.z), (r.x, r.y, r.z, r.w), static=static)
             except Exception as err:  # noqa: BLE001
                 n = self.health.count("tf_invalid")
-                self.get_logger().warning(f"ignored a transform {ts.header.frame_id!r} -> {ts.child_frame_id!r}: "
-                                          f"{err} ({n} so far)", throttle_duration_sec=WARN_THROTTLE_S)
+                self._log_throttled("warning", f"ignored a transform {ts.header.frame_id!r} -> "
+                                    f"{ts.child_frame_id!r}: {err} ({n} so far)", WARN_THROTTLE_S)
         self.health.count("tf")
 
     def _check_tf_stamp(self, child: str, stamp: float, threshold: float) -> None:
@@ -570,7 +584,7 @@ class ReasonerNode(LifecycleNode):
             self._pubs["map"].publish(conversions.cloud_msg(pts, cols, stamp, self.p.world_frame))
             self._published_version = version
         except Exception as err:  # noqa: BLE001
-            self.get_logger().error(f"map publishing failed: {err}", throttle_duration_sec=WARN_THROTTLE_S)
+            self._log_throttled("error", f"map publishing failed: {err}", WARN_THROTTLE_S)
 
     def _publish_diagnostics(self) -> None:
         try:
@@ -589,7 +603,7 @@ class ReasonerNode(LifecycleNode):
                                    self._active)
             self._pubs["diagnostics"].publish(arr)
         except Exception as err:  # noqa: BLE001
-            self.get_logger().error(f"diagnostics failed: {err}", throttle_duration_sec=WARN_THROTTLE_S)
+            self._log_throttled("error", f"diagnostics failed: {err}", WARN_THROTTLE_S)
 
     def _publish_markers(self, outcome: QueryOutcome) -> None:
         stamp = outcome.stamp if outcome.stamp is not None else self.get_clock().now().nanoseconds * 1e-9
@@ -624,7 +638,7 @@ class ReasonerNode(LifecycleNode):
             except Exception as err:  # noqa: BLE001
                 self.get_logger().error(f"markers failed: {err}")
         else:
-            self.get_logger().warning(f"query failed: {outcome.message}", throttle_duration_sec=1.0)
+            self._log_throttled("warning", f"query failed: {outcome.message}", 1.0)
         return outcome
 
     def _fill(self, resp, outcome: QueryOutcome):
