@@ -239,10 +239,11 @@ def test_relocalisation_clears_or_reanchors_the_map(h, action):
         h.clear()
         J = jump()
         before = h.total("relocalizations")
-        h.play_and_wait(range(0, 6))  # 12 cm apart: motion, not a jump
+        camera = iter(time.time() + 0.05 * np.arange(10)).__next__  # a steady 20 Hz camera
+        h.play_and_wait(range(0, 6), clock=camera)  # 10 cm apart: motion, not a jump
         assert h.total("relocalizations") == before
         after = [J @ h.poses[i] for i in range(6, 10)]  # the localiser re-anchored world_frame by J
-        h.play_and_wait(range(6, 10), poses=after)
+        h.play_and_wait(range(6, 10), poses=after, clock=camera)
         assert h.total("relocalizations") == before + 1
         assert action in h.node.health.snapshot()["last_relocalization"]
         kept = range(6, 10) if action == "clear" else range(0, 10)

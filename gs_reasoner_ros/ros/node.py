@@ -272,7 +272,7 @@ class ReasonerNode(LifecycleNode):
         self._stop_intake_thread()
         return self.worker is None or self.worker.stop(timeout_s)
 
-    def _stop_intake_thread(self, timeout_s: float = 2.0) -> None:
+    def _stop_intake_thread(self, timeout_s: float = 0.5) -> None:
         thread = self._intake_thread
         with self._inbox_cv:
             self._intake_stop = True
