@@ -311,7 +311,7 @@ def run_soak(cfg: SoakConfig, log=print) -> dict:
     import psutil
     import rclpy
 
-    from gs_reasoner_ros.ros import conversions, dds
+    from gs_reasoner_ros.ros import dds
 
     cfg.check()
     out = Path(cfg.out)

@@ -23,12 +23,10 @@ from sensor_msgs.msg import PointCloud2  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from gs_reasoner_ros import geometry  # noqa: E402
-from gs_reasoner_ros.ros import conversions, dds, qos  # noqa: E402
+from gs_reasoner_ros.ros import conversions, qos  # noqa: E402
 from gs_reasoner_ros.ros.markers import decode_boxes  # noqa: E402
 from gs_reasoner_ros.scene import load_3dmatch  # noqa: E402
 from gs_reasoner_ros.srv import AskSpatialQuestion, GroundObjects  # noqa: E402
-
-dds.use_bundled_fastdds_profile()  # before this process's first participant: 640x480 frames over SHM
 
 VOXEL = 0.02
 REPLAYER = r"""

@@ -11,12 +11,10 @@ import time
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
-from gs_reasoner_ros.ros import dds  # noqa: E402
 from gs_reasoner_ros.ros.replay import ScenePlayer  # noqa: E402
 from gs_reasoner_ros.srv import AskSpatialQuestion  # noqa: E402
 from gs_reasoner_ros.synthetic import synthetic_scene  # noqa: E402
 
-dds.use_bundled_fastdds_profile()
 
 LAUNCHER = r"""
 import sys, time
