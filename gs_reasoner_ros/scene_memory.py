@@ -402,17 +402,9 @@ class VoxelMap:
         arrays move into the holes. The table is rebuilt only when tombstones fill its headroom,
         which is why it is sized for 2.5x the cap once eviction starts."""
         n, keep_n = self._n, int(self.max_voxels * 0.9)
-        if self.eviction == "oldest":
-            score = -self._seen[:n].astype(np.float64)  # low score = keep
-        else:
-            score = np.linalg.norm(self._centroids() - self._last_origin, axis=1)
-        drop = np.argpartition(score, keep_n)[keep_n:] if keep_n > 0 else np.arange(n)
+        drop, holes, movers = self._eviction_plan(n, keep_n)
         self._tkeys[self._tpos[drop]] = _GONE
         self._gone += len(drop)
-        holes = np.sort(drop[drop < keep_n])
-        keep_mask = np.ones(n - keep_n, bool)
-        keep_mask[drop[drop >= keep_n] - keep_n] = False
-        movers = keep_n + np.flatnonzero(keep_mask)  # kept voxels beyond keep_n, as many as holes
         for name in ("_keys", "_sum_offset", "_sum_rgb", "_count", "_seen", "_tpos"):
             arr = getattr(self, name)
             arr[holes] = arr[movers]
@@ -424,6 +416,20 @@ class VoxelMap:
             size *= 2
         if size > self._tsize or 2 * (self._n + self._gone) > size:
             self._new_table(size)
+
+    def _eviction_plan(self, n: int, keep_n: int):
+        """(drop, holes, movers): the n - keep_n rows to drop by the policy, the dropped rows
+        below keep_n (sorted), and the kept rows at or beyond keep_n that fill them."""
+        if self.eviction == "oldest":
+            score = -self._seen[:n].astype(np.float64)  # low score = keep
+        else:
+            score = np.linalg.norm(self._centroids() - self._last_origin, axis=1)
+        drop = np.argpartition(score, keep_n)[keep_n:] if keep_n > 0 else np.arange(n)
+        holes = np.sort(drop[drop < keep_n])
+        keep_mask = np.ones(n - keep_n, bool)
+        keep_mask[drop[drop >= keep_n] - keep_n] = False
+        movers = keep_n + np.flatnonzero(keep_mask)  # kept voxels beyond keep_n, as many as holes
+        return drop, holes, movers
 
     # -- read-out --
 
@@ -631,32 +637,19 @@ class TorchVoxelMap(VoxelMap):
             slot = self._tslot[pos]
         return slot
 
-    def _evict(self) -> None:
+    def _eviction_plan(self, n: int, keep_n: int):
         torch = self._torch
-        n, keep_n = self._n, int(self.max_voxels * 0.9)
         if self.eviction == "oldest":
             score = -self._seen[:n].to(torch.float64)
         else:
             origin = torch.tensor(self._last_origin, device=self._dev)
             score = torch.linalg.norm(self._centroids() - origin, dim=1)
         drop = torch.topk(score, n - keep_n).indices
-        self._tkeys[self._tpos[drop]] = _GONE
-        self._gone += len(drop)
         holes = torch.sort(drop[drop < keep_n]).values
         keep_mask = torch.ones(n - keep_n, dtype=torch.bool, device=self._dev)
         keep_mask[drop[drop >= keep_n] - keep_n] = False
         movers = keep_n + torch.nonzero(keep_mask).squeeze(1)
-        for name in ("_keys", "_sum_offset", "_sum_rgb", "_count", "_seen", "_tpos"):
-            arr = getattr(self, name)
-            arr[holes] = arr[movers]
-        self._tslot[self._tpos[holes]] = holes
-        self.evicted += n - keep_n
-        self._n = keep_n
-        size = self._tsize
-        while size < 2.5 * self.max_voxels:
-            size *= 2
-        if size > self._tsize or 2 * (self._n + self._gone) > size:
-            self._new_table(size)
+        return drop, holes, movers
 
     def _centroids(self):
         n = self._n
