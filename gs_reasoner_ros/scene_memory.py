@@ -449,11 +449,26 @@ class TorchVoxelMap(VoxelMap):
     """VoxelMap on torch tensors (for CUDA): the same hash, run reduction and eviction, with
     index_add_ (atomics) where numpy uses bincount, and segment sums from a cumulative sum
     (int64 wrap-around cancels in the difference). Also runs on torch's CPU device, which is
-    how it is tested where no GPU exists."""
+    how it is tested where no GPU exists.
+
+    integrate_frame runs as two Triton kernels (voxel_kernels) where they are available: on
+    CUDA, and on the CPU under Triton's interpreter (TRITON_INTERPRET=1, as in the tests).
+    integrate() and transform() keep the torch path; both paths share the table and arrays."""
+
+    pinned_upload = True  # CUDA: frames go up through pinned staging buffers (False: pageable copies)
 
     def __init__(self, voxel_size: float = 0.02, max_voxels: int = 2_000_000, eviction: str = "oldest",
                  max_depth: float | None = None, device: str = "cuda"):
         super().__init__(voxel_size, max_voxels, eviction, max_depth, device)
+
+    def integrate_frame(self, frame: Frame, stride: int = 1) -> int:
+        """As VoxelMap.integrate_frame, by the kernels where they run (one host sync per frame)."""
+        if self._kernels is None or not isinstance(frame, Frame) or int(stride) != stride or stride < 1:
+            return super().integrate_frame(frame, stride)  # the torch path; raises on bad arguments
+        with self._lock:
+            valid = self._integrate_by_kernels(frame, int(stride))
+            self._size = self._n
+        return valid
 
     @staticmethod
     def _check_device(device) -> str:
@@ -476,8 +491,13 @@ class TorchVoxelMap(VoxelMap):
     def _reset(self) -> None:
         import torch
 
+        from . import voxel_kernels
+
         self._torch = torch
         self._dev = torch.device(self.device)
+        self._kernels = voxel_kernels if voxel_kernels.available(self._dev) else None
+        self._staging: dict = {}  # name -> (pinned host tensor, device tensor)
+        self._pos_buffer = None
         self._keys = None
         super()._reset()
 
@@ -504,6 +524,93 @@ class TorchVoxelMap(VoxelMap):
         if self._n:
             self._tpos[: self._n] = self._probe(self._keys[: self._n])
             self._tslot[self._tpos[: self._n]] = torch.arange(self._n, device=self._dev)
+
+    # -- the kernel path --
+
+    def _integrate_by_kernels(self, frame: Frame, stride: int) -> int:
+        """Fuse a frame with voxel_kernels; returns the number of valid depth pixels."""
+        kernels = self._kernels
+        h, w = frame.depth.shape
+        n_pix = len(range(0, h, stride)) * len(range(0, w, stride))
+        self._tick += 1
+        self._last_origin = frame.pose[:3, 3].astype(np.float64)
+        self._reserve(n_pix)  # every grid pixel may be a new voxel: the kernels never resize
+        scale = 1.0 / self.voxel_size
+        far = bool(np.abs(frame.pose[:3, 3]).max() * scale >= 2 ** 15)  # as _frame_points decides
+        u, v = self._ray_axes(frame.K, frame.depth.shape, stride, np.float64 if far else np.float32)
+        depth = self._upload("depth", frame.depth)
+        rgb = self._upload("rgb", frame.rgb)
+        params = self._upload("params", kernels.frame_params(self._n, frame.pose, scale, self.max_depth))
+        if self._pos_buffer is None or len(self._pos_buffer) < n_pix:
+            self._pos_buffer = self._torch.empty(n_pix, dtype=self._torch.int32, device=self._dev)
+        with self._on_device():
+            kernels.launch(depth, rgb, params, u, v, self._tkeys, self._tslot, self._keys, self._tpos, self._count,
+                           self._sum_offset, self._sum_rgb, self._seen, self._pos_buffer, tick=self._tick,
+                           stride=stride, table_bits=self._tbits, far=far,
+                           has_max_depth=self.max_depth is not None)
+        self._n, valid = params[:2].tolist()  # the frame's one host sync
+        if self._n > self.max_voxels:
+            self._evict()
+        if 2 * (self._n + self._gone) > self._tsize:
+            self._grow_table(self._n)
+        return valid
+
+    def _reserve(self, new: int) -> None:
+        """Room for `new` more voxels: dense arrays, and a table that probing never fills."""
+        if self._n + self._gone + new >= self._tsize:
+            self._grow_table(self._n + new)
+        self._reserve_rows(new)
+
+    def _reserve_rows(self, new: int) -> None:
+        """Room for `new` more voxels in the dense arrays (the table is left as it is)."""
+        if self._n + new > len(self._keys):
+            capacity = len(self._keys)
+            while self._n + new > capacity:
+                capacity *= 2
+            self._alloc(capacity)
+
+    def _ray_axes(self, K: np.ndarray, shape: tuple, stride: int, dtype):
+        """Ray x/z per grid column and y/z per grid row on the device: the factors of
+        VoxelMap._rays' tables, with the same values."""
+        key = ("axes", K.tobytes(), shape, stride, dtype)
+        axes = self._ray_cache.get(key)
+        if axes is None:
+            u = (np.arange(0, shape[1], stride) - K[0, 2]) / K[0, 0]
+            v = (np.arange(0, shape[0], stride) - K[1, 2]) / K[1, 1]
+            axes = tuple(self._torch.from_numpy(a.astype(dtype)).to(self._dev) for a in (u, v))
+            if len(self._ray_cache) > 8:
+                self._ray_cache.clear()
+            self._ray_cache[key] = axes
+        return axes
+
+    def _upload(self, name: str, array: np.ndarray):
+        """`array` as a device tensor. On CUDA through a pinned buffer kept per name (one DMA,
+        queued without waiting); reusing it next frame is safe because each frame ends with a
+        host sync."""
+        torch = self._torch
+        array = np.ascontiguousarray(array)
+        if self._dev.type != "cuda":
+            return torch.from_numpy(array)
+        if not self.pinned_upload:
+            return torch.from_numpy(array).to(self._dev)
+        pair = self._staging.get(name)
+        if pair is None or pair[0].shape != array.shape:
+            host = torch.from_numpy(array).pin_memory()
+            pair = self._staging[name] = (host, torch.empty_like(host, device=self._dev))
+        else:
+            np.copyto(pair[0].numpy(), array)
+        pair[1].copy_(pair[0], non_blocking=True)
+        return pair[1]
+
+    def _on_device(self):
+        """Triton launches on the current CUDA device: make it the map's."""
+        import contextlib
+
+        if self._dev.type == "cuda":
+            return self._torch.cuda.device(self._dev)
+        return contextlib.nullcontext()
+
+    # -- the torch path --
 
     def _frame_points(self, frame: Frame, stride: int) -> tuple[list, object]:
         torch = self._torch
@@ -624,11 +731,7 @@ class TorchVoxelMap(VoxelMap):
             self._tslot[new_pos] = rank
             first = self._tslot[new_pos] == rank
             count = int(first.sum())
-            if self._n + count > len(self._keys):
-                capacity = len(self._keys)
-                while self._n + count > capacity:
-                    capacity *= 2
-                self._alloc(capacity)
+            self._reserve_rows(count)
             fresh = self._n + torch.arange(count, device=self._dev)
             self._tslot[new_pos[first]] = fresh
             self._tpos[fresh] = new_pos[first]

@@ -1,0 +1,200 @@
+"""Triton kernels that fuse one depth frame into TorchVoxelMap's hash in two launches.
+
+The torch path spends ~100 small kernels and a host sync per probe round on a frame. Here:
+
+1. ``_insert_kernel``, one program per block of pixels: unproject each valid pixel exactly as
+   VoxelMap._frame_points/_voxel_keys do (same operation order, float32 near the origin,
+   float64 far from it; no FMA contraction), pack its voxel key and find or claim its entry in
+   the open-addressing table with compare-and-swap linear probing. A lane that claims an
+   empty entry gets a dense slot from a device counter (one atomic per program and round) and
+   writes the slot's key, table position and the entry's slot. Each pixel's table position is
+   written out.
+2. ``_accumulate_kernel``, after 1 so that every claimed entry has its slot: adds the count,
+   the fixed-point offsets inside the voxel and the colour of each pixel to its voxel's sums.
+   The sums are integers held in float64, so they are exact and do not depend on the order of
+   the atomics.
+
+Host and device exchange one small int64 ``params`` array per frame: [voxel count, valid pixel
+count, bit patterns of the 9 + 3 scaled pose entries and of max_depth]; the kernels update the
+two counters and the host reads them back once.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .scene_memory import _BITS as BITS, _EMPTY as EMPTY, _FIELD as FIELD, _FRAC as FRAC
+from .scene_memory import _HASH_MUL_SIGNED as HASH_MUL_SIGNED, _OFFSET as OFFSET
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU installs without triton: TorchVoxelMap keeps its torch path
+    triton = None
+
+HAVE_TRITON = triton is not None
+
+NEVER = -3  # compare value of inactive lanes' CAS: no table entry ever holds it (keys >= 0)
+
+BLOCK = 512  # pixels per program on the GPU
+NUM_WARPS = 4
+INTERPRETER_BLOCK = 8192  # the interpreter pays per operation and program, not per pixel
+PARAMS = 16  # int64 words: n, valid, R (9), t (3), max_depth, spare
+
+
+def available(device) -> bool:
+    """Whether the kernels run for tensors on `device`: natively on CUDA, on the CPU only in
+    Triton's interpreter (TRITON_INTERPRET=1, which the tests use where no GPU exists)."""
+    if not HAVE_TRITON:
+        return False
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def frame_params(n: int, pose: np.ndarray, scale: float, max_depth: float | None) -> np.ndarray:
+    """The int64 `params` words for one frame: the counters, then float64 bit patterns of the
+    pose scaled to voxel units (computed in numpy's float64, as _frame_points does) and of
+    max_depth (0 when there is none)."""
+    floats = np.zeros(PARAMS - 2, np.float64)
+    floats[:9] = (pose[:3, :3] * scale).reshape(-1)
+    floats[9:12] = pose[:3, 3] * scale
+    floats[12] = 0.0 if max_depth is None else max_depth
+    params = np.zeros(PARAMS, np.int64)
+    params[0] = n
+    params[2:] = floats.view(np.int64)
+    return params
+
+
+def launch(depth, rgb, params, u_table, v_table, table_keys, table_slots, keys, tpos, count, sum_offset,
+           sum_rgb, seen, pos_buffer, *, tick: int, stride: int, table_bits: int, far: bool,
+           has_max_depth: bool) -> None:
+    """Queue both kernels for one frame (nothing is waited for).
+
+    depth (H,W) float32 and rgb (Hc,Wc,3) uint8 are the whole images; the kernels read every
+    `stride`-th depth pixel (u_table/v_table: ray x/z per grid column, y/z per grid row, float64
+    when `far` else float32) and its nearest colour pixel. The table (2**table_bits entries) and
+    the dense arrays must have room for every grid pixel as a new voxel. `pos_buffer` (int32,
+    at least one per grid pixel) carries the table positions from kernel 1 to kernel 2."""
+    h, w = depth.shape
+    grid_h, grid_w = len(v_table), len(u_table)
+    n_pix = grid_h * grid_w
+    if n_pix == 0:
+        return
+    block = INTERPRETER_BLOCK if os.environ.get("TRITON_INTERPRET") == "1" else BLOCK
+    common = dict(HAS_MAX=has_max_depth, FAR=far, BLOCK=block, num_warps=NUM_WARPS)
+    if depth.device.type == "cuda":  # bit-exact with numpy: no a*b+c contracted to one rounding
+        common["enable_fp_fusion"] = False
+    grid = (triton.cdiv(n_pix, block),)
+    _insert_kernel[grid](depth, params, u_table, v_table, table_keys, table_slots, keys, tpos, pos_buffer,
+                         n_pix, grid_w, w, stride, 64 - table_bits, (1 << table_bits) - 1, **common)
+    _accumulate_kernel[grid](depth, rgb, params, u_table, v_table, table_slots, pos_buffer, count, sum_offset,
+                             sum_rgb, seen, tick, n_pix, grid_w, w, h, stride, rgb.shape[0], rgb.shape[1],
+                             **common)
+
+
+if HAVE_TRITON:
+    # jit code may only read globals that are constexpr
+    _K_EMPTY, _K_NEVER, _K_BITS = tl.constexpr(EMPTY), tl.constexpr(NEVER), tl.constexpr(BITS)
+    _K_OFFSET, _K_FIELD, _K_FRAC = tl.constexpr(OFFSET), tl.constexpr(FIELD), tl.constexpr(FRAC)
+    _K_HASH_MUL = tl.constexpr(HASH_MUL_SIGNED)
+
+    @triton.jit
+    def _param(params, i, FAR: tl.constexpr):
+        value = tl.load(params + 2 + i).to(tl.float64, bitcast=True)
+        if not FAR:
+            value = value.to(tl.float32)
+        return value
+
+    @triton.jit
+    def _axis(u, v, z, params, i, FAR: tl.constexpr):
+        """World coordinate `i` in voxel units, in _frame_points' order of roundings."""
+        c = u * _param(params, 3 * i, FAR)
+        c = c + v * _param(params, 3 * i + 1, FAR)
+        c = c + _param(params, 3 * i + 2, FAR)
+        c = c * z
+        return c + _param(params, 9 + i, FAR)
+
+    @triton.jit
+    def _cell(c, ok):
+        """(voxel index + OFFSET as int64, fixed-point offset inside the voxel, inside the key
+        range) of coordinate c; lanes that are not ok are zeroed first (no NaN casts)."""
+        c = tl.where(ok, c, 0.0)
+        cell = tl.floor(c)
+        inside = (cell >= -_K_OFFSET) & (cell <= _K_FIELD - _K_OFFSET)
+        c = tl.where(inside, c, 0.0)
+        cell = tl.where(inside, cell, 0.0)
+        frac = tl.minimum(((c - cell) * _K_FRAC).to(tl.int64), _K_FRAC - 1)
+        return cell.to(tl.int64) + _K_OFFSET, frac, inside
+
+    @triton.jit
+    def _pixel_voxels(depth, params, u_table, v_table, offs, n_pix, grid_w, depth_w, stride,
+                      HAS_MAX: tl.constexpr, FAR: tl.constexpr):
+        """For grid pixels `offs`: (valid depth, valid and inside the key range, packed voxel
+        key, fixed-point offsets x, y, z, grid row, grid column)."""
+        live = offs < n_pix
+        row = offs // grid_w
+        col = offs - row * grid_w
+        z = tl.load(depth + row * stride * depth_w + col * stride, mask=live, other=0.0)
+        valid = live & (z > 0)  # NaN compares False
+        if HAS_MAX:  # compared in float32, as numpy and torch compare float32 depth with a scalar
+            valid = valid & (z <= tl.load(params + 14).to(tl.float64, bitcast=True).to(tl.float32))
+        if FAR:
+            z = z.to(tl.float64)
+        u = tl.load(u_table + col, mask=live, other=0.0)
+        v = tl.load(v_table + row, mask=live, other=0.0)
+        i, fx, in_x = _cell(_axis(u, v, z, params, 0, FAR), valid)
+        j, fy, in_y = _cell(_axis(u, v, z, params, 1, FAR), valid)
+        k, fz, in_z = _cell(_axis(u, v, z, params, 2, FAR), valid)
+        ok = valid & in_x & in_y & in_z
+        key = (i << 2 * _K_BITS) | (j << _K_BITS) | k
+        return valid, ok, key, fx, fy, fz, row, col
+
+    @triton.jit
+    def _insert_kernel(depth, params, u_table, v_table, table_keys, table_slots, keys, tpos, pos_buffer,
+                       n_pix, grid_w, depth_w, stride, shift, mask,
+                       HAS_MAX: tl.constexpr, FAR: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        valid, ok, key, fx, fy, fz, row, col = _pixel_voxels(depth, params, u_table, v_table, offs, n_pix,
+                                                             grid_w, depth_w, stride, HAS_MAX, FAR)
+        tl.atomic_add(params + 1, tl.sum(valid.to(tl.int64), axis=0), sem="relaxed")
+        # int64 multiply wraps like uint64; the arithmetic shift then the mask keep the top bits
+        pos = ((key * _K_HASH_MUL) >> shift) & mask
+        active = ok
+        while tl.max(active.to(tl.int32), axis=0) > 0:
+            # tl.atomic_cas has no mask: inactive lanes compare with a value no entry holds
+            expect = tl.where(active, _K_EMPTY, _K_NEVER).to(tl.int64)
+            prev = tl.atomic_cas(table_keys + pos, expect, key, sem="relaxed")
+            claimed = active & (prev == _K_EMPTY)
+            claims = tl.sum(claimed.to(tl.int64), axis=0)
+            if claims > 0:  # one counter atomic per program and round hands out the new slots
+                first = tl.atomic_add(params, claims, sem="relaxed")
+                slot = first + tl.cumsum(claimed.to(tl.int64), axis=0) - claimed.to(tl.int64)
+                tl.store(table_slots + pos, slot, mask=claimed)
+                tl.store(keys + slot, key, mask=claimed)
+                tl.store(tpos + slot, pos, mask=claimed)
+            # another key or a tombstone (GONE): step on; never claim a tombstone
+            active = active & (prev != _K_EMPTY) & (prev != key)
+            pos = tl.where(active, (pos + 1) & mask, pos)
+        tl.store(pos_buffer + offs, tl.where(ok, pos, -1).to(tl.int32), mask=offs < n_pix)
+
+    @triton.jit
+    def _accumulate_kernel(depth, rgb, params, u_table, v_table, table_slots, pos_buffer, count, sum_offset,
+                           sum_rgb, seen, tick, n_pix, grid_w, depth_w, depth_h, stride, rgb_h, rgb_w,
+                           HAS_MAX: tl.constexpr, FAR: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        valid, ok, key, fx, fy, fz, row, col = _pixel_voxels(depth, params, u_table, v_table, offs, n_pix,
+                                                             grid_w, depth_w, stride, HAS_MAX, FAR)
+        pos = tl.load(pos_buffer + offs, mask=ok, other=0).to(tl.int64)
+        slot = tl.load(table_slots + pos, mask=ok, other=0)
+        # the nearest colour pixel (the same pixel when colour and depth have one size)
+        crow = tl.minimum(row * stride * rgb_h // depth_h, rgb_h - 1)
+        ccol = tl.minimum(col * stride * rgb_w // depth_w, rgb_w - 1)
+        pix = (crow * rgb_w + ccol) * 3
+        tl.atomic_add(count + slot, tl.full(slot.shape, 1.0, tl.float64), mask=ok, sem="relaxed")
+        tl.atomic_add(sum_offset + 3 * slot, fx.to(tl.float64), mask=ok, sem="relaxed")
+        tl.atomic_add(sum_offset + 3 * slot + 1, fy.to(tl.float64), mask=ok, sem="relaxed")
+        tl.atomic_add(sum_offset + 3 * slot + 2, fz.to(tl.float64), mask=ok, sem="relaxed")
+        for ch in tl.static_range(3):
+            colour = tl.load(rgb + pix + ch, mask=ok, other=0)
+            tl.atomic_add(sum_rgb + 3 * slot + ch, colour.to(tl.float64), mask=ok, sem="relaxed")
+        tl.store(seen + slot, tl.zeros_like(slot) + tick, mask=ok)
