@@ -740,6 +740,14 @@ class TorchVoxelMap(VoxelMap):
             slot = self._tslot[pos]
         return slot
 
+    def _evict(self) -> None:
+        n = self._n
+        super()._evict()
+        # New voxels take the freed rows and add into them: they must start from zero, not
+        # from the sums of the voxels that were dropped or moved out of them.
+        for name in ("_count", "_sum_offset", "_sum_rgb"):
+            getattr(self, name)[self._n: n] = 0
+
     def _eviction_plan(self, n: int, keep_n: int):
         torch = self._torch
         if self.eviction == "oldest":
