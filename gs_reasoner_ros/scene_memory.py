@@ -459,7 +459,14 @@ class TorchVoxelMap(VoxelMap):
 
     def __init__(self, voxel_size: float = 0.02, max_voxels: int = 2_000_000, eviction: str = "oldest",
                  max_depth: float | None = None, device: str = "cuda"):
+        from . import voxel_kernels
+
+        # Kept across clear(): pinning a staging buffer costs milliseconds.
+        self._staging: dict = {}  # name -> (pinned host tensor, device tensor)
+        self._pos_buffer = None
         super().__init__(voxel_size, max_voxels, eviction, max_depth, device)
+        # None: the torch path (also how scripts/gpu/voxel_kernel_bench.py times the old path)
+        self._kernels = voxel_kernels if voxel_kernels.available(self._dev) else None
 
     def integrate_frame(self, frame: Frame, stride: int = 1) -> int:
         """As VoxelMap.integrate_frame, by the kernels where they run (one host sync per frame)."""
@@ -491,13 +498,8 @@ class TorchVoxelMap(VoxelMap):
     def _reset(self) -> None:
         import torch
 
-        from . import voxel_kernels
-
         self._torch = torch
         self._dev = torch.device(self.device)
-        self._kernels = voxel_kernels if voxel_kernels.available(self._dev) else None
-        self._staging: dict = {}  # name -> (pinned host tensor, device tensor)
-        self._pos_buffer = None
         self._keys = None
         super()._reset()
 
@@ -526,29 +528,39 @@ class TorchVoxelMap(VoxelMap):
             self._tslot[self._tpos[: self._n]] = torch.arange(self._n, device=self._dev)
 
     # -- the kernel path --
+    # Split in steps so that scripts/gpu/voxel_kernel_bench.py can time uploads and kernels apart.
 
     def _integrate_by_kernels(self, frame: Frame, stride: int) -> int:
-        """Fuse a frame with voxel_kernels; returns the number of valid depth pixels."""
+        """Fuse a frame with voxel_kernels; returns the number of valid depth pixels. The colour
+        upload is queued after the first kernel, so the host copies it while the GPU inserts."""
         kernels = self._kernels
+        with self._on_device():
+            setup = self._begin_frame(frame, stride)
+            depth = self._upload("depth", frame.depth)
+            params = self._upload("params", kernels.frame_params(self._n, frame.pose, 1.0 / self.voxel_size,
+                                                                 self.max_depth))
+            kernels.insert(depth, params, setup, self._tkeys, self._tslot, self._keys, self._tpos, self._tbits)
+            rgb = self._upload("rgb", frame.rgb)
+            kernels.accumulate(depth, rgb, params, setup, self._tslot, self._count, self._sum_offset, self._sum_rgb,
+                               self._seen, self._tick)
+        return self._end_frame(params)
+
+    def _begin_frame(self, frame: Frame, stride: int):
+        """Tick, origin and room for the frame; its grid and ray tables for the kernels."""
         h, w = frame.depth.shape
         n_pix = len(range(0, h, stride)) * len(range(0, w, stride))
         self._tick += 1
         self._last_origin = frame.pose[:3, 3].astype(np.float64)
         self._reserve(n_pix)  # every grid pixel may be a new voxel: the kernels never resize
-        scale = 1.0 / self.voxel_size
-        far = bool(np.abs(frame.pose[:3, 3]).max() * scale >= 2 ** 15)  # as _frame_points decides
+        far = bool(np.abs(frame.pose[:3, 3]).max() * (1.0 / self.voxel_size) >= 2 ** 15)  # as _frame_points
         u, v = self._ray_axes(frame.K, frame.depth.shape, stride, np.float64 if far else np.float32)
-        depth = self._upload("depth", frame.depth)
-        rgb = self._upload("rgb", frame.rgb)
-        params = self._upload("params", kernels.frame_params(self._n, frame.pose, scale, self.max_depth))
         if self._pos_buffer is None or len(self._pos_buffer) < n_pix:
             self._pos_buffer = self._torch.empty(n_pix, dtype=self._torch.int32, device=self._dev)
-        with self._on_device():
-            kernels.launch(depth, rgb, params, u, v, self._tkeys, self._tslot, self._keys, self._tpos, self._count,
-                           self._sum_offset, self._sum_rgb, self._seen, self._pos_buffer, tick=self._tick,
-                           stride=stride, table_bits=self._tbits, far=far,
-                           has_max_depth=self.max_depth is not None)
-        self._n, valid = params[:2].tolist()  # the frame's one host sync
+        return self._kernels.FrameSetup(stride, far, self.max_depth is not None, u, v, self._pos_buffer)
+
+    def _end_frame(self, params) -> int:
+        """Read the counters back (the frame's one host sync), then evict and grow as needed."""
+        self._n, valid = params[:2].tolist()
         if self._n > self.max_voxels:
             self._evict()
         if 2 * (self._n + self._gone) > self._tsize:

@@ -21,6 +21,7 @@ two counters and the host reads them back once.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -65,31 +66,56 @@ def frame_params(n: int, pose: np.ndarray, scale: float, max_depth: float | None
     return params
 
 
-def launch(depth, rgb, params, u_table, v_table, table_keys, table_slots, keys, tpos, count, sum_offset,
-           sum_rgb, seen, pos_buffer, *, tick: int, stride: int, table_bits: int, far: bool,
-           has_max_depth: bool) -> None:
-    """Queue both kernels for one frame (nothing is waited for).
+class FrameSetup(NamedTuple):
+    """How one frame is launched: every `stride`-th depth pixel; ray x/z per grid column (u)
+    and y/z per grid row (v), float64 when `far` else float32; whether max_depth applies; and
+    the int32 buffer (one per grid pixel) that carries table positions from insert to
+    accumulate."""
+    stride: int
+    far: bool
+    has_max_depth: bool
+    u: object
+    v: object
+    positions: object
 
-    depth (H,W) float32 and rgb (Hc,Wc,3) uint8 are the whole images; the kernels read every
-    `stride`-th depth pixel (u_table/v_table: ray x/z per grid column, y/z per grid row, float64
-    when `far` else float32) and its nearest colour pixel. The table (2**table_bits entries) and
-    the dense arrays must have room for every grid pixel as a new voxel. `pos_buffer` (int32,
-    at least one per grid pixel) carries the table positions from kernel 1 to kernel 2."""
-    h, w = depth.shape
-    grid_h, grid_w = len(v_table), len(u_table)
-    n_pix = grid_h * grid_w
-    if n_pix == 0:
+    @property
+    def pixels(self) -> int:
+        return len(self.u) * len(self.v)
+
+
+def _launch_options(setup: FrameSetup, device) -> tuple[tuple, dict]:
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    block = INTERPRETER_BLOCK if interpreted else BLOCK
+    options = dict(HAS_MAX=setup.has_max_depth, FAR=setup.far, BLOCK=block, num_warps=NUM_WARPS)
+    if device.type == "cuda" and not interpreted:  # bit-exact with numpy: no a*b+c in one rounding
+        options["enable_fp_fusion"] = False
+    return (triton.cdiv(setup.pixels, block),), options
+
+
+def insert(depth, params, setup: FrameSetup, table_keys, table_slots, keys, tpos, table_bits: int) -> None:
+    """Queue kernel 1: find or claim the table entry of every valid grid pixel's voxel (new
+    voxels get their dense row: keys, tpos and the entry's table_slots). depth is the whole
+    (H,W) float32 image; the table (2**table_bits entries) and the dense arrays must have room
+    for every grid pixel as a new voxel."""
+    if setup.pixels == 0:
         return
-    block = INTERPRETER_BLOCK if os.environ.get("TRITON_INTERPRET") == "1" else BLOCK
-    common = dict(HAS_MAX=has_max_depth, FAR=far, BLOCK=block, num_warps=NUM_WARPS)
-    if depth.device.type == "cuda":  # bit-exact with numpy: no a*b+c contracted to one rounding
-        common["enable_fp_fusion"] = False
-    grid = (triton.cdiv(n_pix, block),)
-    _insert_kernel[grid](depth, params, u_table, v_table, table_keys, table_slots, keys, tpos, pos_buffer,
-                         n_pix, grid_w, w, stride, 64 - table_bits, (1 << table_bits) - 1, **common)
-    _accumulate_kernel[grid](depth, rgb, params, u_table, v_table, table_slots, pos_buffer, count, sum_offset,
-                             sum_rgb, seen, tick, n_pix, grid_w, w, h, stride, rgb.shape[0], rgb.shape[1],
-                             **common)
+    grid, options = _launch_options(setup, depth.device)
+    _insert_kernel[grid](depth, params, setup.u, setup.v, table_keys, table_slots, keys, tpos, setup.positions,
+                         setup.pixels, len(setup.u), depth.shape[1], setup.stride, 64 - table_bits,
+                         (1 << table_bits) - 1, **options)
+
+
+def accumulate(depth, rgb, params, setup: FrameSetup, table_slots, count, sum_offset, sum_rgb, seen,
+               tick: int) -> None:
+    """Queue kernel 2 (after insert): add every valid grid pixel's count, fixed-point offsets
+    and nearest colour pixel of rgb (Hc,Wc,3) uint8 to its voxel's sums; mark it seen at `tick`."""
+    if setup.pixels == 0:
+        return
+    grid, options = _launch_options(setup, depth.device)
+    h, w = depth.shape
+    _accumulate_kernel[grid](depth, rgb, params, setup.u, setup.v, table_slots, setup.positions, count, sum_offset,
+                             sum_rgb, seen, tick, setup.pixels, len(setup.u), w, h, setup.stride, rgb.shape[0],
+                             rgb.shape[1], **options)
 
 
 if HAVE_TRITON:
