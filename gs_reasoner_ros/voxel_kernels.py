@@ -175,7 +175,9 @@ if HAVE_TRITON:
         key = (i << 2 * _K_BITS) | (j << _K_BITS) | k
         return valid, ok, key, fx, fy, fz, row, col
 
-    @triton.jit
+    # Arguments that change from frame to frame are not specialised: Triton would compile a
+    # new variant the first time one is 1 or a multiple of 16 (a stall of a second, mid-run).
+    @triton.jit(do_not_specialize=["shift", "mask"])
     def _insert_kernel(depth, params, u_table, v_table, table_keys, table_slots, keys, tpos, pos_buffer,
                        n_pix, grid_w, depth_w, stride, shift, mask,
                        HAS_MAX: tl.constexpr, FAR: tl.constexpr, BLOCK: tl.constexpr):
@@ -203,7 +205,7 @@ if HAVE_TRITON:
             pos = tl.where(active, (pos + 1) & mask, pos)
         tl.store(pos_buffer + offs, tl.where(ok, pos, -1).to(tl.int32), mask=offs < n_pix)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["tick"])
     def _accumulate_kernel(depth, rgb, params, u_table, v_table, table_slots, pos_buffer, count, sum_offset,
                            sum_rgb, seen, tick, n_pix, grid_w, depth_w, depth_h, stride, rgb_h, rgb_w,
                            HAS_MAX: tl.constexpr, FAR: tl.constexpr, BLOCK: tl.constexpr):

@@ -263,6 +263,19 @@ def test_transform_after_kernel_frames_matches_numpy():
     assert_same_map(ref, got, total)
 
 
+def test_torch_path_when_the_kernels_are_off():
+    """_kernels = None (no triton, or a CPU map outside the interpreter) keeps the torch path,
+    which here the interpreter would otherwise hide; it must agree with the kernel path."""
+    scene, _ = synthetic_scene(seed=11, n_frames=2, width=96, height=72)
+    ref, got, total = integrate_both([frame_of(scene, i) for i in range(2)], stride=2)
+    old = TorchVoxelMap(0.02, device=DEVICE)
+    old._kernels = None
+    for i in range(2):
+        old.integrate_frame(frame_of(scene, i), stride=2)
+    assert_same_map(ref, old, total)
+    assert_same_map(ref, got, total)
+
+
 def test_bad_arguments_raise_like_numpy():
     vm = kernel_map()
     with pytest.raises(ValueError, match="needs a Frame"):
