@@ -601,8 +601,8 @@ class TorchVoxelMap(VoxelMap):
         host sync."""
         torch = self._torch
         array = np.ascontiguousarray(array)
-        if self._dev.type != "cuda":
-            return torch.from_numpy(array)
+        if self._dev.type != "cuda":  # the interpreter writes every argument back: never into the frame
+            return torch.tensor(array)
         if not self.pinned_upload:
             return torch.from_numpy(array).to(self._dev)
         pair = self._staging.get(name)
