@@ -409,6 +409,10 @@ class VoxelMap:
             arr = getattr(self, name)
             arr[holes] = arr[movers]
         self._tslot[self._tpos[holes]] = holes
+        # New voxels take the freed rows and add into them: they must start from zero, not from
+        # the sums of the voxels that were dropped or moved out of them.
+        for name in ("_sum_offset", "_sum_rgb", "_count"):
+            getattr(self, name)[keep_n:n] = 0
         self.evicted += n - keep_n
         self._n = keep_n
         size = self._tsize
@@ -751,14 +755,6 @@ class TorchVoxelMap(VoxelMap):
             self._n += count
             slot = self._tslot[pos]
         return slot
-
-    def _evict(self) -> None:
-        n = self._n
-        super()._evict()
-        # New voxels take the freed rows and add into them: they must start from zero, not
-        # from the sums of the voxels that were dropped or moved out of them.
-        for name in ("_count", "_sum_offset", "_sum_rgb"):
-            getattr(self, name)[self._n: n] = 0
 
     def _eviction_plan(self, n: int, keep_n: int):
         torch = self._torch

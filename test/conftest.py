@@ -21,6 +21,13 @@ def pytest_configure(config):
     from gs_reasoner_ros.ros import dds
 
     dds.use_bundled_fastdds_profile()
+    # Without a GPU the Triton kernels run in Triton's interpreter (numpy), so their logic is
+    # tested here too; the variable is read when a kernel is defined, so it is set before any
+    # test module imports one.
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

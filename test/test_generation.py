@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from gs_reasoner_ros.model import decode_attention as split_attention
 from gs_reasoner_ros.model.generation import GreedyDecoder
 
 HIDDEN = 64
@@ -19,7 +20,7 @@ def lm() -> Qwen2ForCausalLM:
         initializer_range=0.1,  # spread-out logits: no near-ties for argmax to flip on
         attn_implementation="sdpa",
     )
-    model = Qwen2ForCausalLM(cfg).eval()
+    model = Qwen2ForCausalLM(cfg).eval().requires_grad_(False)  # as checkpoint loading leaves it
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     return model
@@ -48,10 +49,18 @@ def naive_greedy(lm, prompt: torch.Tensor, n: int, eos: set[int] = frozenset()):
     return ids, probs, first_logits
 
 
-@pytest.mark.parametrize("attention", ["matmul", "sdpa"])
+# the tiny model lives on the CPU: the kernel runs there in Triton's interpreter (conftest sets it
+# up where no GPU exists); on a GPU machine these cases skip and test_decode_attention covers CUDA
+needs_triton = pytest.mark.skipif(not split_attention.available(torch.device("cpu")),
+                                  reason="Triton's interpreter is not set up (no triton, or a GPU machine)")
+ATTENTIONS = ["matmul", "sdpa", pytest.param("triton", marks=needs_triton)]
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
 def test_matches_transformers_generate_and_naive_loop(lm, attention):
     prompt = embeds(37, seed=1)
     dec = GreedyDecoder(lm, max_cache_len=128, decode_attention=attention)
+    assert dec.decode_attention == attention
     dec.warmup()
     ids, probs, last_logits = dec.generate(prompt, max_new_tokens=20)
 
@@ -178,3 +187,53 @@ def test_answer_crossing_attention_buckets_matches_naive_loop(lm, attention):
     for t in whole._keys + whole._values:
         t[:, :, 128:] = float("nan")
     assert whole.generate(prompt, max_new_tokens=40).ids.tolist() != ref_ids
+
+
+@needs_triton
+def test_split_attention_never_reads_past_the_position(lm):
+    # slots after the newest position hold NaN: one read of them would poison the answer
+    prompt = embeds(50, seed=11)
+    dec = GreedyDecoder(lm, max_cache_len=256, decode_attention="triton", decode_splits=4)
+    assert dec.attention_lengths == (256,)  # one step (one CUDA graph) for every position
+    dec.warmup()
+    for t in dec._keys + dec._values:
+        t[:, :, 50:] = float("nan")
+    got = dec.generate(prompt, max_new_tokens=30)
+    ref_ids, ref_probs, _ = naive_greedy(lm, prompt, 30)
+    assert got.ids.tolist() == ref_ids
+    torch.testing.assert_close(got.token_probs, torch.tensor(ref_probs), rtol=1e-5, atol=1e-6)
+
+
+def test_fused_projections_share_the_weights_and_keep_the_model(lm):
+    attn, mlp = lm.model.layers[0].self_attn, lm.model.layers[0].mlp
+    before = {n: p.detach().clone() for n, p in lm.named_parameters()}
+    prompt = embeds(9, seed=12)
+    with torch.no_grad():
+        logits_before = lm(inputs_embeds=prompt).logits
+    dec = GreedyDecoder(lm, max_cache_len=64)
+    fused = dec._fused[0]
+    assert fused is not None
+    # the layers now read rows of the fused tensors: same values, no second copy
+    assert fused.qkv_weight.data_ptr() == attn.q_proj.weight.data_ptr()
+    assert attn.v_proj.weight.data_ptr() == fused.qkv_weight[-attn.v_proj.weight.shape[0]:].data_ptr()
+    assert fused.gate_up_weight.data_ptr() == mlp.gate_proj.weight.data_ptr()
+    for name, p in lm.named_parameters():
+        assert torch.equal(p, before[name]), name
+    with torch.no_grad():
+        torch.testing.assert_close(lm(inputs_embeds=prompt).logits, logits_before, rtol=0, atol=0)
+    # a second decoder finds them fused already and copies nothing
+    again = GreedyDecoder(lm, max_cache_len=64)
+    assert again._fused[0].qkv_weight.data_ptr() == fused.qkv_weight.data_ptr()
+    assert again.generate(prompt, 6).ids.tolist() == naive_greedy(lm, prompt, 6)[0]
+
+
+def test_projections_that_train_are_not_fused():
+    torch.manual_seed(0)
+    cfg = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=50)
+    model = Qwen2ForCausalLM(cfg)  # parameters require grad: an optimizer may hold them
+    q_weight = model.model.layers[0].self_attn.q_proj.weight
+    dec = GreedyDecoder(model, max_cache_len=64)
+    assert dec._fused == [None]
+    assert model.model.layers[0].self_attn.q_proj.weight is q_weight
+    assert GreedyDecoder(model.requires_grad_(False), max_cache_len=64, fuse_projections=False)._fused == [None]

@@ -181,6 +181,23 @@ def test_cap_farthest_evicts_far_from_the_last_camera():
         assert len(vm) <= 1000
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_voxels_made_after_an_eviction_start_from_zero(backend):
+    """Freed rows are reused by new voxels, which add into them: a grey cluster evicted by a
+    white one, then a black point in a new voxel must read back black at its own position."""
+    vm = VoxelMap(voxel_size=0.1, max_voxels=1000) if backend == "numpy" else TorchVoxelMap(0.1, 1000, device="cpu")
+    grey, white = cluster([0, 0, 0]), cluster([5, 0, 0])
+    vm.integrate(grey[0], np.full(grey[1].shape, 128, np.uint8))
+    vm.integrate(white[0], np.full(white[1].shape, 255, np.uint8))
+    assert vm.evicted == 124
+    point = np.array([[20.03, 0.04, 0.05]])
+    vm.integrate(point, np.zeros((1, 3), np.uint8))
+    points, colours = vm.snapshot()
+    new = np.flatnonzero(np.all(np.abs(points - point) < 1e-3, axis=1))
+    assert len(new) == 1 and colours[new[0]].tolist() == [0, 0, 0]
+    assert len(vm) == 901
+
+
 @pytest.mark.parametrize("eviction", ["oldest", "farthest"])
 def test_many_evictions_keep_the_hash_consistent(eviction):
     """Churn through many evictions (tombstones, moved slots, table rebuilds): voxels stay unique,

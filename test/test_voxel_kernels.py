@@ -27,18 +27,6 @@ pytestmark = pytest.mark.skipif(not voxel_kernels.available(torch.device(DEVICE)
                                 reason="triton is not importable (or no CUDA and TRITON_INTERPRET unset)")
 
 
-class NumpyMap(VoxelMap):
-    """The numpy reference. Its eviction leaves the sums of dropped voxels in the freed rows,
-    where new voxels then add to them (TorchVoxelMap._evict zeroes them); zeroed here too,
-    so maps can be compared after evictions."""
-
-    def _evict(self) -> None:
-        n = self._n
-        super()._evict()
-        for name in ("_count", "_sum_offset", "_sum_rgb"):
-            getattr(self, name)[self._n: n] = 0
-
-
 def kernel_map(voxel_size=0.02, **kwargs) -> TorchVoxelMap:
     vm = TorchVoxelMap(voxel_size, device=DEVICE, **kwargs)
     assert vm._kernels is not None  # the frame path under test, not the torch one
@@ -88,7 +76,7 @@ def assert_same_map(ref: VoxelMap, got: TorchVoxelMap, points: int) -> None:
 
 
 def integrate_both(frames, stride=1, **kwargs):
-    ref, got = NumpyMap(**kwargs), kernel_map(**kwargs)
+    ref, got = VoxelMap(**kwargs), kernel_map(**kwargs)
     total = 0
     for frame in frames:
         with np.errstate(invalid="ignore"):  # inf depth: inf * 0 and casts of inf, then masked

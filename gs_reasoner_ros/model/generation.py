@@ -39,7 +39,9 @@ from typing import Hashable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from . import decode_attention as split_attention
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,52 @@ def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + _rotate_half(x) * sin
 
 
+class _FusedLayer(NamedTuple):
+    qkv_weight: Tensor
+    qkv_bias: Tensor | None
+    gate_up_weight: Tensor
+
+
+def _fuse_linears(linears: Sequence[nn.Module]) -> tuple[Tensor, Tensor | None] | None:
+    """(weight, bias) holding the rows of ``linears`` back to back, each layer's parameters
+    re-pointed to its rows so nothing is stored twice; None when the layers cannot share one
+    tensor (not plain nn.Linear, e.g. LoRA-wrapped; trainable; mixed dtypes or biases)."""
+    if not all(type(m) is nn.Linear for m in linears):
+        return None
+    weights = [m.weight for m in linears]
+    biases = [m.bias for m in linears]
+    if any(w.requires_grad for w in weights) or any(b is not None and b.requires_grad for b in biases):
+        return None  # an optimizer may hold these very tensors
+    if len({(w.dtype, w.device, w.shape[1]) for w in weights}) != 1 or len({b is None for b in biases}) != 1:
+        return None
+    weight = _rows_of(linears, "weight")
+    bias = None if biases[0] is None else _rows_of(linears, "bias")
+    return weight, bias
+
+
+def _rows_of(linears: Sequence[nn.Module], name: str) -> Tensor:
+    """The parameters ``name`` of ``linears`` as one tensor: a view when they already lie back to
+    back in one storage (a decoder made earlier fused them), else a new tensor they become views of."""
+    parts = [getattr(m, name) for m in linears]
+    first = parts[0]
+    rows = sum(p.shape[0] for p in parts)
+    size = (rows, *first.shape[1:])
+    offset, adjacent = first.storage_offset(), all(p.is_contiguous() for p in parts)
+    for p in parts:
+        adjacent = adjacent and p.untyped_storage().data_ptr() == first.untyped_storage().data_ptr() \
+            and p.storage_offset() == offset
+        offset += p.numel()
+    if adjacent:
+        return first.detach().as_strided(size, torch.empty(size, device="meta").stride(), first.storage_offset())
+    with torch.no_grad():
+        fused = torch.cat([p.detach() for p in parts])
+    start = 0
+    for m, p in zip(linears, parts):
+        setattr(m, name, nn.Parameter(fused[start : start + p.shape[0]], requires_grad=False))
+        start += p.shape[0]
+    return fused
+
+
 class GreedyDecoder:
     """Greedy decoding engine with a static KV cache, CUDA-graph decode step and prefix cache.
 
@@ -82,10 +130,22 @@ class GreedyDecoder:
             each further one keeps a copy of its KV (about 0.4 GB per 32-frame prefix).
         prefill_chunk: prefill at most this many tokens per forward pass (bounds activation
             memory); None prefills in one pass.
-        decode_attention: "matmul" (two batched matmuls with an fp32 softmax between, the
-            arithmetic of transformers' eager attention) or "sdpa" (one fused
-            scaled_dot_product_attention call with an additive mask; slower on an H100:
-            its kernel spreads one decode step over only kv_heads blocks).
+        decode_attention: "auto" ("triton" on CUDA when Triton imports, else "matmul");
+            "triton" (model/decode_attention.py: the cache cut into ``decode_splits`` pieces per
+            kv head, read once for all query heads of a group, with the attended length read on
+            the device, so one graph serves every position and attention buckets are not used);
+            "matmul" (two batched matmuls with an fp32 softmax between, the arithmetic of
+            transformers' eager attention) or "sdpa" (one fused scaled_dot_product_attention
+            call with an additive mask; slower on an H100: its kernel spreads one decode step
+            over only kv_heads blocks).
+        decode_splits, decode_block: pieces per kv head, and cache slots per inner step, of
+            "triton" attention.
+        fuse_projections: "auto" (True when the q/k/v and gate/up projections are plain
+            ``nn.Linear`` layers that need no gradient) or False. Fused, each of those groups is
+            one matrix-vector product per token instead of two or three (the small k and v
+            products ran far below memory bandwidth); the layers' weights become views of the
+            fused tensors, so no memory is added and the model computes exactly as before.
+            A decoder made this way assumes the model is not moved or re-cast afterwards.
         attention_bucket: the decode step attends over the first ``L`` cache slots only, ``L``
             the smallest multiple of this (rounded up to 64) that covers the current position,
             or the whole cache; each ``L`` gets its own CUDA graph. The skipped slots are masked
@@ -101,8 +161,11 @@ class GreedyDecoder:
         compile: bool | str = "auto",
         max_prefixes: int = 1,
         prefill_chunk: int | None = None,
-        decode_attention: str = "matmul",
+        decode_attention: str = "auto",
         attention_bucket: int | None = 512,
+        decode_splits: int = 32,
+        decode_block: int = 64,
+        fuse_projections: bool | str = "auto",
     ) -> None:
         for attr in ("model", "lm_head", "config"):
             if not hasattr(lm, attr):
@@ -116,8 +179,14 @@ class GreedyDecoder:
             raise ValueError(f"max_prefixes must be >= 1, got {max_prefixes}")
         if prefill_chunk is not None and prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be positive or None, got {prefill_chunk}")
-        if decode_attention not in ("matmul", "sdpa"):
-            raise ValueError(f"decode_attention must be 'matmul' or 'sdpa', got {decode_attention!r}")
+        if decode_attention not in ("auto", "triton", "matmul", "sdpa"):
+            raise ValueError(f"decode_attention must be 'auto', 'triton', 'matmul' or 'sdpa', got {decode_attention!r}")
+        if not isinstance(decode_splits, int) or decode_splits < 1:
+            raise ValueError(f"decode_splits must be a positive int, got {decode_splits!r}")
+        if decode_block not in (16, 32, 64, 128):
+            raise ValueError(f"decode_block must be 16, 32, 64 or 128, got {decode_block!r}")
+        if fuse_projections not in ("auto", False):
+            raise ValueError(f"fuse_projections must be 'auto' or False, got {fuse_projections!r}")
         if attention_bucket is not None and (not isinstance(attention_bucket, int) or attention_bucket < 1):
             raise ValueError(f"attention_bucket must be a positive int or None, got {attention_bucket!r}")
         if compile not in (False, True, "auto", "reduce-overhead"):
@@ -136,8 +205,12 @@ class GreedyDecoder:
         self.max_cache_len = -(-max_cache_len // _CACHE_ALIGN) * _CACHE_ALIGN
         self.max_prefixes = max_prefixes
         self.prefill_chunk = prefill_chunk
-        self.decode_attention = decode_attention
+        self.decode_attention = self._pick_attention(decode_attention)
+        self.decode_splits, self.decode_block = decode_splits, decode_block
+        if self.decode_attention == "triton":
+            attention_bucket = None  # the kernel reads only slots 0..pos by itself
         self.attention_lengths = self._bucket_lengths(attention_bucket)
+        self._fused = [self._fuse_layer(layer) if fuse_projections == "auto" else None for layer in self.layers]
 
         if use_cuda_graphs == "auto":
             use_cuda_graphs = self.device.type == "cuda"
@@ -163,6 +236,24 @@ class GreedyDecoder:
         self.warmup_s: float | None = None
         # Of the latest generate(): prefill_s (prompt + first token), decode_s (the other tokens).
         self.last_timings: dict = {}
+
+    def _pick_attention(self, choice: str) -> str:
+        usable = split_attention.available(self.device)
+        if choice == "auto":
+            return "triton" if usable and self.device.type == "cuda" else "matmul"
+        if choice == "triton" and not usable:
+            raise ValueError("decode_attention='triton' needs Triton and a CUDA device "
+                             "(or TRITON_INTERPRET=1 on CPU, as the tests run it)")
+        return choice
+
+    @staticmethod
+    def _fuse_layer(layer) -> _FusedLayer | None:
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv = _fuse_linears((attn.q_proj, attn.k_proj, attn.v_proj))
+        gate_up = _fuse_linears((mlp.gate_proj, mlp.up_proj))
+        if qkv is None or gate_up is None or not hasattr(mlp, "act_fn"):
+            return None
+        return _FusedLayer(*qkv, gate_up[0])
 
     # ------------------------------------------------------------------ attention lengths
     def _bucket_lengths(self, bucket: int | None) -> tuple[int, ...]:
@@ -207,17 +298,28 @@ class GreedyDecoder:
         return sum(t.numel() * t.element_size() for t in self._keys + self._values)
 
     # ------------------------------------------------------------------ model pieces
-    def _attention_qkv(self, layer, h: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        attn = layer.self_attn
+    def _attention_qkv(self, i: int, h: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         T = h.shape[1]
-        q = attn.q_proj(h).view(1, T, self.num_heads, self.head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        fused = self._fused[i]
+        if fused is None:
+            attn = self.layers[i].self_attn
+            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+        else:
+            q_width, kv_width = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+            q, k, v = F.linear(h, fused.qkv_weight, fused.qkv_bias).split((q_width, kv_width, kv_width), dim=-1)
+        q = q.reshape(1, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.reshape(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.reshape(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return _rope(q, cos, sin), _rope(k, cos, sin), v
 
-    def _mlp_block(self, layer, x: Tensor) -> Tensor:
-        return x + layer.mlp(layer.post_attention_layernorm(x))
+    def _mlp_block(self, i: int, x: Tensor) -> Tensor:
+        layer, fused = self.layers[i], self._fused[i]
+        h = layer.post_attention_layernorm(x)
+        if fused is None:
+            return x + layer.mlp(h)
+        gate, up = F.linear(h, fused.gate_up_weight).chunk(2, dim=-1)
+        return x + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
 
     def _logits(self, x_last: Tensor) -> Tensor:
         return self.lm.lm_head(self.lm.model.norm(x_last))[0, -1].float()
@@ -235,7 +337,7 @@ class GreedyDecoder:
             mask = self._positions[:end][None, :] <= self._positions[start:end][:, None]
         x = embeds
         for i, layer in enumerate(self.layers):
-            q, k, v = self._attention_qkv(layer, layer.input_layernorm(x), cos, sin)
+            q, k, v = self._attention_qkv(i, layer.input_layernorm(x), cos, sin)
             self._keys[i][:, :, start:end] = k
             self._values[i][:, :, start:end] = v
             if mask is None:  # causal from position 0: flash kernels take the kv heads as they are
@@ -247,7 +349,7 @@ class GreedyDecoder:
                 o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
             o = o.transpose(1, 2).reshape(1, T, self.num_heads * self.head_dim)
             x = x + layer.self_attn.o_proj(o)
-            x = self._mlp_block(layer, x)
+            x = self._mlp_block(i, x)
         return x[:, -1:]
 
     def _expand_kv(self, t: Tensor) -> Tensor:
@@ -277,7 +379,7 @@ class GreedyDecoder:
         # Additive bias hiding the slots after `pos` (stale or never written) within the L read.
         bias = torch.where(positions > pos, float("-inf"), 0.0)
         for i, layer in enumerate(self.layers):
-            q, k, v = self._attention_qkv(layer, layer.input_layernorm(x), cos, sin)
+            q, k, v = self._attention_qkv(i, layer.input_layernorm(x), cos, sin)
             keys, values = self._keys[i], self._values[i]
             if self.compile:  # inductor re-inplaces index_put_; index_copy_ may copy the cache
                 keys[:, :, pos] = k
@@ -288,24 +390,30 @@ class GreedyDecoder:
             # The `groups` query heads sharing a kv head act as `groups` query rows against it,
             # so the cache is read once per kv head instead of once per query head.
             qg = q.reshape(1, self.num_kv_heads, self.groups, self.head_dim)
-            # narrow (not [:n]) so a dynamic n stays n, never min(n, cache length)
-            keys, values = keys.narrow(2, 0, n), values.narrow(2, 0, n)
-            if self.decode_attention == "sdpa":
-                o = F.scaled_dot_product_attention(qg, keys, values, attn_mask=bias.to(qg.dtype).view(1, 1, 1, -1),
-                                                   scale=self.scaling)
-            else:
-                scores = torch.matmul(qg, keys.transpose(-1, -2)) * self.scaling
-                probs = torch.softmax(scores.float() + bias, dim=-1).to(values.dtype)
-                o = torch.matmul(probs, values)
+            o = self._attend(qg, keys, values, n, bias)
             o = o.reshape(1, 1, self.num_heads * self.head_dim)
             x = x + layer.self_attn.o_proj(o)
-            x = self._mlp_block(layer, x)
+            x = self._mlp_block(i, x)
         logits = self._logits(x)
         nxt = torch.argmax(logits).view(1)
         self._next.copy_(nxt)
         self._prob.copy_(torch.exp(logits.max() - torch.logsumexp(logits, dim=-1)).view(1))
         self._tok.copy_(nxt.view(1, 1))
         self._pos.add_(1)
+
+    def _attend(self, qg: Tensor, keys: Tensor, values: Tensor, n: int, bias: Tensor) -> Tensor:
+        """Attention of the grouped query (1, kv_heads, groups, head_dim) over slots 0.._pos."""
+        if self.decode_attention == "triton":
+            return split_attention.decode_attention(qg[0], keys, values, self._pos, self.scaling,
+                                                    splits=self.decode_splits, block=self.decode_block)
+        # narrow (not [:n]) so a dynamic n stays n, never min(n, cache length)
+        keys, values = keys.narrow(2, 0, n), values.narrow(2, 0, n)
+        if self.decode_attention == "sdpa":
+            return F.scaled_dot_product_attention(qg, keys, values, attn_mask=bias.to(qg.dtype).view(1, 1, 1, -1),
+                                                  scale=self.scaling)
+        scores = torch.matmul(qg, keys.transpose(-1, -2)) * self.scaling
+        probs = torch.softmax(scores.float() + bias, dim=-1).to(values.dtype)
+        return torch.matmul(probs, values)
 
     # ------------------------------------------------------------------ warm-up
     @torch.inference_mode()
