@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,6 +169,11 @@ class VoxelMap:
         """Forget every voxel."""
         with self._lock:
             self._reset()
+
+    def warmup(self) -> float:
+        """Compile now what the first frame would compile (the Triton kernels of a CUDA map), so
+        the first camera frame is not delayed; the map itself is not touched. Returns seconds."""
+        return 0.0
 
     def transform(self, T) -> None:
         """Move the whole map by the rigid 4x4 `T` (re-anchoring after a relocalisation). Voxels
@@ -460,6 +466,7 @@ class TorchVoxelMap(VoxelMap):
     integrate() and transform() keep the torch path; both paths share the table and arrays."""
 
     pinned_upload = True  # CUDA: frames go up through pinned staging buffers (False: pageable copies)
+    capture_graphs = True  # CUDA with pinned uploads: replay captured frames (False: launch one by one)
 
     def __init__(self, voxel_size: float = 0.02, max_voxels: int = 2_000_000, eviction: str = "oldest",
                  max_depth: float | None = None, device: str = "cuda"):
@@ -468,9 +475,20 @@ class TorchVoxelMap(VoxelMap):
         # Kept across clear(): pinning a staging buffer costs milliseconds.
         self._staging: dict = {}  # name -> (pinned host tensor, device tensor)
         self._pos_buffer = None
+        self._graphs: _FrameGraphs | None = None  # the captured frame, while its key holds
         super().__init__(voxel_size, max_voxels, eviction, max_depth, device)
         # None: the torch path (also how scripts/gpu/voxel_kernel_bench.py times the old path)
         self._kernels = voxel_kernels if voxel_kernels.available(self._dev) else None
+
+    def warmup(self) -> float:
+        if self._kernels is None or self._dev.type != "cuda":  # the interpreter compiles nothing
+            return 0.0
+        t0 = time.perf_counter()
+        probe = TorchVoxelMap(self.voxel_size, self.max_voxels, self.eviction, self.max_depth, self.device)
+        K = np.array([[500.0, 0.0, 320.0], [0.0, 500.0, 240.0], [0.0, 0.0, 1.0]])
+        frame = Frame(np.zeros((480, 640, 3), np.uint8), np.ones((480, 640), np.float32), K, np.eye(4), 0.0)
+        probe.integrate_frame(frame)
+        return time.perf_counter() - t0
 
     def integrate_frame(self, frame: Frame, stride: int = 1) -> int:
         """As VoxelMap.integrate_frame, by the kernels where they run (one host sync per frame)."""
@@ -536,18 +554,37 @@ class TorchVoxelMap(VoxelMap):
 
     def _integrate_by_kernels(self, frame: Frame, stride: int) -> int:
         """Fuse a frame with voxel_kernels; returns the number of valid depth pixels. The colour
-        upload is queued after the first kernel, so the host copies it while the GPU inserts."""
+        upload is queued after the first kernel, so the host copies it while the GPU inserts.
+
+        On CUDA with pinned uploads, a frame like the one before (same sizes, stride, table and
+        arrays) replays two captured CUDA graphs (upload + insert, upload + accumulate + counters
+        back), so the host only copies the frame into the staging buffers: launching the kernels
+        and copies one by one cost about as much as running them."""
         kernels = self._kernels
         with self._on_device():
             setup = self._begin_frame(frame, stride)
+            words = kernels.frame_params(self._n, frame.pose, 1.0 / self.voxel_size, self.max_depth, self._tick)
+            graphs = self._graphs
+            if graphs is not None and graphs.key == self._graph_key(frame, setup):
+                return self._end_frame(graphs.run(frame, words))
             depth = self._upload("depth", frame.depth)
-            params = self._upload("params", kernels.frame_params(self._n, frame.pose, 1.0 / self.voxel_size,
-                                                                 self.max_depth))
+            params = self._upload("params", words)
             kernels.insert(depth, params, setup, self._tkeys, self._tslot, self._keys, self._tpos, self._tbits)
             rgb = self._upload("rgb", frame.rgb)
             kernels.accumulate(depth, rgb, params, setup, self._tslot, self._count, self._sum_offset, self._sum_rgb,
-                               self._seen, self._tick)
-        return self._end_frame(params)
+                               self._seen)
+            counters = params[:2].tolist()  # the frame's one host sync
+            if self._dev.type == "cuda" and self.pinned_upload and self.capture_graphs:  # compiled: capture
+                self._graphs = _FrameGraphs(self, setup, self._graph_key(frame, setup))
+        return self._end_frame(counters)
+
+    def _graph_key(self, frame: Frame, setup) -> tuple:
+        """What a captured frame depends on besides the staged inputs: sizes, launch options,
+        and the addresses of every buffer the kernels touch."""
+        buffers = (self._tkeys, self._tslot, self._keys, self._tpos, self._count, self._sum_offset, self._sum_rgb,
+                   self._seen, setup.positions, setup.u, setup.v)
+        return (frame.depth.shape, frame.rgb.shape, setup.stride, setup.far, setup.has_max_depth, self._tbits,
+                *(b.data_ptr() for b in buffers))
 
     def _begin_frame(self, frame: Frame, stride: int):
         """Tick, origin and room for the frame; its grid and ray tables for the kernels."""
@@ -562,9 +599,9 @@ class TorchVoxelMap(VoxelMap):
             self._pos_buffer = self._torch.empty(n_pix, dtype=self._torch.int32, device=self._dev)
         return self._kernels.FrameSetup(stride, far, self.max_depth is not None, u, v, self._pos_buffer)
 
-    def _end_frame(self, params) -> int:
-        """Read the counters back (the frame's one host sync), then evict and grow as needed."""
-        self._n, valid = params[:2].tolist()
+    def _end_frame(self, counters: list) -> int:
+        """Take the counters read back (voxels, valid pixels), then evict and grow as needed."""
+        self._n, valid = counters
         if self._n > self.max_voxels:
             self._evict()
         if 2 * (self._n + self._gone) > self._tsize:
@@ -778,6 +815,42 @@ class TorchVoxelMap(VoxelMap):
     def _mean_colors(self):
         n = self._n
         return self._torch.round(self._sum_rgb[:n] / self._count[:n, None]).to(self._torch.uint8)
+
+
+class _FrameGraphs:
+    """The GPU work of one TorchVoxelMap frame as two CUDA graphs over the map's staging
+    buffers; valid while the map's _graph_key for a frame equals `key`."""
+
+    def __init__(self, vmap: TorchVoxelMap, setup, key: tuple):
+        torch, kernels = vmap._torch, vmap._kernels
+        self.key = key
+        self._torch = torch
+        # (pinned host, device) pairs; the device halves are kept referenced for as long as the
+        # graphs that write them live
+        (self.depth, depth), (self.words, words), (self.rgb, rgb) = self._buffers = \
+            [vmap._staging[name] for name in ("depth", "params", "rgb")]
+        self.counters = torch.empty(2, dtype=torch.int64, pin_memory=True)
+        self.insert, self.accumulate = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        # thread_local: the model's thread may use the GPU while the intake thread captures
+        with torch.cuda.graph(self.insert, capture_error_mode="thread_local"):
+            depth.copy_(self.depth, non_blocking=True)
+            words.copy_(self.words, non_blocking=True)
+            kernels.insert(depth, words, setup, vmap._tkeys, vmap._tslot, vmap._keys, vmap._tpos, vmap._tbits)
+        with torch.cuda.graph(self.accumulate, capture_error_mode="thread_local"):
+            rgb.copy_(self.rgb, non_blocking=True)
+            kernels.accumulate(depth, rgb, words, setup, vmap._tslot, vmap._count, vmap._sum_offset, vmap._sum_rgb,
+                               vmap._seen)
+            self.counters.copy_(words[:2], non_blocking=True)
+
+    def run(self, frame: Frame, words: np.ndarray) -> list:
+        """Stage the frame, replay, wait; returns the counters (voxels, valid pixels)."""
+        np.copyto(self.depth.numpy(), frame.depth)
+        np.copyto(self.words.numpy(), words)
+        self.insert.replay()
+        np.copyto(self.rgb.numpy(), frame.rgb)  # while the GPU inserts
+        self.accumulate.replay()
+        self._torch.cuda.current_stream().synchronize()
+        return self.counters.tolist()
 
 
 def _segment_sums(torch, values, starts, ends):

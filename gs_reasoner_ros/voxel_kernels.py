@@ -38,10 +38,10 @@ HAVE_TRITON = triton is not None
 
 NEVER = -3  # compare value of inactive lanes' CAS: no table entry ever holds it (keys >= 0)
 
-BLOCK = 512  # pixels per program on the GPU
+BLOCK = 1024  # pixels per program on the GPU (0.19 ms for both kernels on an H100; 512: 0.24)
 NUM_WARPS = 4
 INTERPRETER_BLOCK = 8192  # the interpreter pays per operation and program, not per pixel
-PARAMS = 16  # int64 words: n, valid, R (9), t (3), max_depth, spare
+PARAMS = 16  # int64 words: n, valid, R (9), t (3), max_depth, tick
 
 
 def available(device) -> bool:
@@ -52,10 +52,11 @@ def available(device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def frame_params(n: int, pose: np.ndarray, scale: float, max_depth: float | None) -> np.ndarray:
+def frame_params(n: int, pose: np.ndarray, scale: float, max_depth: float | None, tick: int = 0) -> np.ndarray:
     """The int64 `params` words for one frame: the counters, then float64 bit patterns of the
     pose scaled to voxel units (computed in numpy's float64, as _frame_points does) and of
-    max_depth (0 when there is none)."""
+    max_depth (0 when there is none), then the integration tick. Everything that changes from
+    frame to frame is here, on the device, so a captured CUDA graph serves every frame."""
     floats = np.zeros(PARAMS - 2, np.float64)
     floats[:9] = (pose[:3, :3] * scale).reshape(-1)
     floats[9:12] = pose[:3, 3] * scale
@@ -63,6 +64,7 @@ def frame_params(n: int, pose: np.ndarray, scale: float, max_depth: float | None
     params = np.zeros(PARAMS, np.int64)
     params[0] = n
     params[2:] = floats.view(np.int64)
+    params[PARAMS - 1] = tick
     return params
 
 
@@ -105,40 +107,43 @@ def insert(depth, params, setup: FrameSetup, table_keys, table_slots, keys, tpos
                          (1 << table_bits) - 1, **options)
 
 
-def accumulate(depth, rgb, params, setup: FrameSetup, table_slots, count, sum_offset, sum_rgb, seen,
-               tick: int) -> None:
+def accumulate(depth, rgb, params, setup: FrameSetup, table_slots, count, sum_offset, sum_rgb, seen) -> None:
     """Queue kernel 2 (after insert): add every valid grid pixel's count, fixed-point offsets
-    and nearest colour pixel of rgb (Hc,Wc,3) uint8 to its voxel's sums; mark it seen at `tick`."""
+    and nearest colour pixel of rgb (Hc,Wc,3) uint8 to its voxel's sums; mark it seen at the
+    frame's tick."""
     if setup.pixels == 0:
         return
     grid, options = _launch_options(setup, depth.device)
     h, w = depth.shape
     _accumulate_kernel[grid](depth, rgb, params, setup.u, setup.v, table_slots, setup.positions, count, sum_offset,
-                             sum_rgb, seen, tick, setup.pixels, len(setup.u), w, h, setup.stride, rgb.shape[0],
+                             sum_rgb, seen, setup.pixels, len(setup.u), w, h, setup.stride, rgb.shape[0],
                              rgb.shape[1], **options)
 
 
 if HAVE_TRITON:
+    # The per-frame int64 array is `words` inside the kernels: Triton 3.6's launcher builds a
+    # local dict named `params` and then reads a kernel argument of that name as that dict.
     # jit code may only read globals that are constexpr
     _K_EMPTY, _K_NEVER, _K_BITS = tl.constexpr(EMPTY), tl.constexpr(NEVER), tl.constexpr(BITS)
     _K_OFFSET, _K_FIELD, _K_FRAC = tl.constexpr(OFFSET), tl.constexpr(FIELD), tl.constexpr(FRAC)
     _K_HASH_MUL = tl.constexpr(HASH_MUL_SIGNED)
+    _K_TICK = tl.constexpr(PARAMS - 1)
 
     @triton.jit
-    def _param(params, i, FAR: tl.constexpr):
-        value = tl.load(params + 2 + i).to(tl.float64, bitcast=True)
+    def _param(words, i, FAR: tl.constexpr):
+        value = tl.load(words + 2 + i).to(tl.float64, bitcast=True)
         if not FAR:
             value = value.to(tl.float32)
         return value
 
     @triton.jit
-    def _axis(u, v, z, params, i, FAR: tl.constexpr):
+    def _axis(u, v, z, words, i, FAR: tl.constexpr):
         """World coordinate `i` in voxel units, in _frame_points' order of roundings."""
-        c = u * _param(params, 3 * i, FAR)
-        c = c + v * _param(params, 3 * i + 1, FAR)
-        c = c + _param(params, 3 * i + 2, FAR)
+        c = u * _param(words, 3 * i, FAR)
+        c = c + v * _param(words, 3 * i + 1, FAR)
+        c = c + _param(words, 3 * i + 2, FAR)
         c = c * z
-        return c + _param(params, 9 + i, FAR)
+        return c + _param(words, 9 + i, FAR)
 
     @triton.jit
     def _cell(c, ok):
@@ -153,7 +158,7 @@ if HAVE_TRITON:
         return cell.to(tl.int64) + _K_OFFSET, frac, inside
 
     @triton.jit
-    def _pixel_voxels(depth, params, u_table, v_table, offs, n_pix, grid_w, depth_w, stride,
+    def _pixel_voxels(depth, words, u_table, v_table, offs, n_pix, grid_w, depth_w, stride,
                       HAS_MAX: tl.constexpr, FAR: tl.constexpr):
         """For grid pixels `offs`: (valid depth, valid and inside the key range, packed voxel
         key, fixed-point offsets x, y, z, grid row, grid column)."""
@@ -163,28 +168,28 @@ if HAVE_TRITON:
         z = tl.load(depth + row * stride * depth_w + col * stride, mask=live, other=0.0)
         valid = live & (z > 0)  # NaN compares False
         if HAS_MAX:  # compared in float32, as numpy and torch compare float32 depth with a scalar
-            valid = valid & (z <= tl.load(params + 14).to(tl.float64, bitcast=True).to(tl.float32))
+            valid = valid & (z <= tl.load(words + 14).to(tl.float64, bitcast=True).to(tl.float32))
         if FAR:
             z = z.to(tl.float64)
         u = tl.load(u_table + col, mask=live, other=0.0)
         v = tl.load(v_table + row, mask=live, other=0.0)
-        i, fx, in_x = _cell(_axis(u, v, z, params, 0, FAR), valid)
-        j, fy, in_y = _cell(_axis(u, v, z, params, 1, FAR), valid)
-        k, fz, in_z = _cell(_axis(u, v, z, params, 2, FAR), valid)
+        i, fx, in_x = _cell(_axis(u, v, z, words, 0, FAR), valid)
+        j, fy, in_y = _cell(_axis(u, v, z, words, 1, FAR), valid)
+        k, fz, in_z = _cell(_axis(u, v, z, words, 2, FAR), valid)
         ok = valid & in_x & in_y & in_z
         key = (i << 2 * _K_BITS) | (j << _K_BITS) | k
         return valid, ok, key, fx, fy, fz, row, col
 
-    # Arguments that change from frame to frame are not specialised: Triton would compile a
-    # new variant the first time one is 1 or a multiple of 16 (a stall of a second, mid-run).
+    # Arguments that change as the table grows are not specialised: Triton would compile a new
+    # variant the first time one is 1 or a multiple of 16 (a stall of a second, mid-run).
     @triton.jit(do_not_specialize=["shift", "mask"])
-    def _insert_kernel(depth, params, u_table, v_table, table_keys, table_slots, keys, tpos, pos_buffer,
+    def _insert_kernel(depth, words, u_table, v_table, table_keys, table_slots, keys, tpos, pos_buffer,
                        n_pix, grid_w, depth_w, stride, shift, mask,
                        HAS_MAX: tl.constexpr, FAR: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        valid, ok, key, fx, fy, fz, row, col = _pixel_voxels(depth, params, u_table, v_table, offs, n_pix,
+        valid, ok, key, fx, fy, fz, row, col = _pixel_voxels(depth, words, u_table, v_table, offs, n_pix,
                                                              grid_w, depth_w, stride, HAS_MAX, FAR)
-        tl.atomic_add(params + 1, tl.sum(valid.to(tl.int64), axis=0), sem="relaxed")
+        tl.atomic_add(words + 1, tl.sum(valid.to(tl.int64), axis=0), sem="relaxed")
         # int64 multiply wraps like uint64; the arithmetic shift then the mask keep the top bits
         pos = ((key * _K_HASH_MUL) >> shift) & mask
         active = ok
@@ -195,7 +200,7 @@ if HAVE_TRITON:
             claimed = active & (prev == _K_EMPTY)
             claims = tl.sum(claimed.to(tl.int64), axis=0)
             if claims > 0:  # one counter atomic per program and round hands out the new slots
-                first = tl.atomic_add(params, claims, sem="relaxed")
+                first = tl.atomic_add(words, claims, sem="relaxed")
                 slot = first + tl.cumsum(claimed.to(tl.int64), axis=0) - claimed.to(tl.int64)
                 tl.store(table_slots + pos, slot, mask=claimed)
                 tl.store(keys + slot, key, mask=claimed)
@@ -205,12 +210,12 @@ if HAVE_TRITON:
             pos = tl.where(active, (pos + 1) & mask, pos)
         tl.store(pos_buffer + offs, tl.where(ok, pos, -1).to(tl.int32), mask=offs < n_pix)
 
-    @triton.jit(do_not_specialize=["tick"])
-    def _accumulate_kernel(depth, rgb, params, u_table, v_table, table_slots, pos_buffer, count, sum_offset,
-                           sum_rgb, seen, tick, n_pix, grid_w, depth_w, depth_h, stride, rgb_h, rgb_w,
+    @triton.jit
+    def _accumulate_kernel(depth, rgb, words, u_table, v_table, table_slots, pos_buffer, count, sum_offset,
+                           sum_rgb, seen, n_pix, grid_w, depth_w, depth_h, stride, rgb_h, rgb_w,
                            HAS_MAX: tl.constexpr, FAR: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        valid, ok, key, fx, fy, fz, row, col = _pixel_voxels(depth, params, u_table, v_table, offs, n_pix,
+        valid, ok, key, fx, fy, fz, row, col = _pixel_voxels(depth, words, u_table, v_table, offs, n_pix,
                                                              grid_w, depth_w, stride, HAS_MAX, FAR)
         pos = tl.load(pos_buffer + offs, mask=ok, other=0).to(tl.int64)
         slot = tl.load(table_slots + pos, mask=ok, other=0)
@@ -225,4 +230,5 @@ if HAVE_TRITON:
         for ch in tl.static_range(3):
             colour = tl.load(rgb + pix + ch, mask=ok, other=0)
             tl.atomic_add(sum_rgb + 3 * slot + ch, colour.to(tl.float64), mask=ok, sem="relaxed")
+        tick = tl.load(words + _K_TICK)
         tl.store(seen + slot, tl.zeros_like(slot) + tick, mask=ok)

@@ -285,3 +285,35 @@ def test_module_imports_without_triton(monkeypatch):
     assert module.HAVE_TRITON is False
     assert module.available(torch.device("cpu")) is False
     assert module.available(torch.device("cuda")) is False
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need the GPU")
+def test_captured_frames_match_numpy_through_growth_and_eviction():
+    """After its first frame the map replays captured graphs; growing the table or the arrays
+    (new addresses) and evicting must lead to a new capture, never to a stale one."""
+    rng = np.random.default_rng(11)
+    frames = [plane_frame(rng, x=0.15 * i, h=96, w=128, depth=1.0 + 0.05 * i, stamp=i) for i in range(12)]
+    ref, got = VoxelMap(0.02, max_voxels=6000), kernel_map(0.02, max_voxels=6000)
+    captures, total = [], 0  # kept alive, so their ids stay distinct
+    for frame in frames:
+        n = ref.integrate_frame(frame)
+        assert got.integrate_frame(frame) == n
+        total += n
+        captures.append(got._graphs)
+        assert abs(len(got) - len(ref)) <= 2 * int(np.ceil(1e-4 * total))
+    assert ref.evicted > 0 and got.evicted == ref.evicted
+    assert 1 < len({id(g) for g in captures}) < len(frames)  # recaptured on table rebuilds, replayed between
+    assert_same_map(ref, got, total)
+
+
+def test_warmup_compiles_without_touching_the_map():
+    vm = kernel_map(0.05, max_depth=3.0)
+    rng = np.random.default_rng(12)
+    frame = plane_frame(rng)
+    vm.integrate_frame(frame)
+    before = vm.snapshot()
+    assert (vm.warmup() > 0) == (DEVICE == "cuda")  # only the GPU compiles anything
+    after = vm.snapshot()
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_array_equal(after[1], before[1])
+    assert VoxelMap(0.05).warmup() == 0.0

@@ -141,6 +141,9 @@ class ReasonerNode(LifecycleNode):
                 max_interval_s=p.keyframe_max_interval_s, eviction=p.keyframe_eviction)
         except ValueError as err:  # parameters that disagree with each other
             return self._configure_failed(f"bad parameters: {err}")
+        warm = self.voxel_map.warmup()
+        if warm > 0:
+            self.get_logger().info(f"voxel map on {p.map_device}: kernels ready in {warm:.2f} s")
         self.get_logger().info(f"configuring: loading the model (checkpoint={p.checkpoint or '<none>'}, "
                                f"device={p.device})")
         try:

@@ -6,7 +6,9 @@ times integrate_frame from a numpy Frame, upload included, synchronised). Frames
 sample when ../shared is present, else rendered synthetic ones. Prints one JSON line (ms, medians
 over every frame of every pass; the first pass creates voxels, later ones merge into them):
 
-  kernel_ms_per_frame          integrate_frame, kernel path, pinned staging uploads (the default)
+  kernel_ms_per_frame          integrate_frame, kernel path, pinned staging uploads, captured
+                               CUDA graphs (the default)
+  kernel_no_graph_ms_per_frame the same, launching each frame's copies and kernels one by one
   kernel_pageable_ms_per_frame the same with plain pageable copies
   torch_ms_per_frame           integrate_frame, the torch path it replaces
   upload_ms, upload_pageable_ms  depth + colour + params to the device alone, synchronised
@@ -35,7 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--repeats", type=int, default=5, help="passes over the frames")
     p.add_argument("--stride", type=int, default=1)
-    p.add_argument("--blocks", default="256,512,1024", help="pixels per program to time the kernels with")
+    p.add_argument("--blocks", default="512,1024,2048", help="pixels per program to time the kernels with")
     p.add_argument("--synthetic", type=int, default=8, help="rendered frames when 3DMatch is absent")
     args = p.parse_args(argv)
 
@@ -49,6 +51,7 @@ def main(argv=None) -> int:
                   torch=torch.__version__, triton=triton.__version__, frames=source, n_frames=len(frames),
                   stride=args.stride, repeats=args.repeats)
     result["kernel_ms_per_frame"] = end_to_end(frames, args, kernels=True, pinned=True)
+    result["kernel_no_graph_ms_per_frame"] = end_to_end(frames, args, kernels=True, pinned=True, graphs=False)
     result["kernel_pageable_ms_per_frame"] = end_to_end(frames, args, kernels=True, pinned=False)
     result["torch_ms_per_frame"] = end_to_end(frames, args, kernels=False, pinned=True)
     result["upload_ms"] = uploads(frames, args, pinned=True)
@@ -81,7 +84,7 @@ def load_frames(n_synthetic: int) -> tuple[list, str]:
             for i in range(len(scene))], source
 
 
-def new_map(args, kernels: bool = True, pinned: bool = True):
+def new_map(args, kernels: bool = True, pinned: bool = True, graphs: bool = True):
     from gs_reasoner_ros.scene_memory import TorchVoxelMap
 
     vmap = TorchVoxelMap(voxel_size=0.02, device=args.device)
@@ -90,6 +93,7 @@ def new_map(args, kernels: bool = True, pinned: bool = True):
     if not kernels:
         vmap._kernels = None
     vmap.pinned_upload = pinned
+    vmap.capture_graphs = graphs
     return vmap
 
 
@@ -100,9 +104,9 @@ def sync(args) -> None:
         torch.cuda.synchronize()
 
 
-def end_to_end(frames, args, kernels: bool, pinned: bool) -> float:
+def end_to_end(frames, args, kernels: bool, pinned: bool, graphs: bool = True) -> float:
     """Median ms of integrate_frame (synchronised), as gs-reasoner bench mapping times it."""
-    vmap = new_map(args, kernels, pinned)
+    vmap = new_map(args, kernels, pinned, graphs)
     vmap.integrate_frame(frames[0], args.stride)  # compile, pin, allocate
     vmap.clear()
     times = []
@@ -168,7 +172,8 @@ def kernels_alone(frames, args) -> dict:
         for frame in frames:
             setup = vmap._begin_frame(frame, args.stride)
             depth = vmap._upload("depth", frame.depth)
-            params = vmap._upload("params", vk.frame_params(vmap._n, frame.pose, 1 / vmap.voxel_size, vmap.max_depth))
+            params = vmap._upload("params", vk.frame_params(vmap._n, frame.pose, 1 / vmap.voxel_size, vmap.max_depth,
+                                                            vmap._tick))
             rgb = vmap._upload("rgb", frame.rgb)
             sync(args)
             marks = Marks(args.device.startswith("cuda"))
@@ -176,9 +181,9 @@ def kernels_alone(frames, args) -> dict:
             vk.insert(depth, params, setup, vmap._tkeys, vmap._tslot, vmap._keys, vmap._tpos, vmap._tbits)
             marks.mark()
             vk.accumulate(depth, rgb, params, setup, vmap._tslot, vmap._count, vmap._sum_offset, vmap._sum_rgb,
-                          vmap._seen, vmap._tick)
+                          vmap._seen)
             marks.mark()
-            vmap._end_frame(params)  # synchronises
+            vmap._end_frame(params[:2].tolist())  # synchronises
             ins.append(marks.ms(0, 1))
             acc.append(marks.ms(1, 2))
     return dict(kernels_ms=statistics.median(a + b for a, b in zip(ins, acc)), insert_ms=statistics.median(ins),
