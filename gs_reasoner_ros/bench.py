@@ -287,6 +287,18 @@ def _bench_scene(frames: int, tiny: bool):
     return scene
 
 
+def _keyframe_store(scene):
+    """Every frame of `scene` offered to a KeyframeStore that keeps them all, as the node's
+    intake would (so the frames carry the store's ids)."""
+    from gs_reasoner_ros.scene_memory import Frame, KeyframeStore
+
+    store = KeyframeStore(max_keyframes=len(scene), min_translation=0.0, min_rotation_deg=0.0,
+                          min_interval_s=0.0, max_interval_s=0.0)
+    for i in range(len(scene)):
+        store.offer(Frame(scene.rgb[i], scene.depth[i], scene.intrinsics[i], scene.poses[i], float(i)))
+    return store
+
+
 def _ceilings(device, tiny: bool) -> dict:
     """Measured bf16 GEMM rate (8192^3 on CUDA) and device copy bandwidth (bytes read + written)."""
     import torch
@@ -541,12 +553,16 @@ class _Session:
         KV cache sized for `cap` new tokens, the real prompt template. Times each query three ways:
         all frames cold (preprocessing of every keyframe included), keyframes preprocessed on
         arrival (Reasoner.prepare_frames before the question, as the node's intake could), and a
-        follow-up question on the same keyframes. New tokens are forced (no eos)."""
+        follow-up question on the same keyframes. New tokens are forced (no eos). The frames come
+        from a KeyframeStore as in the node (its frame ids key the caches; each query's time
+        includes to_scene)."""
         from gs_reasoner_ros.reasoner import Reasoner
         from gs_reasoner_ros.reasoning import prompt_ids
 
         self._peak_reset()
-        r = Reasoner(self.model, _bench_tokenizer(tiny), num_frames=len(self.scene), max_new_tokens_cap=cap)
+        store = _keyframe_store(self.scene)
+        count = len(self.scene)
+        r = Reasoner(self.model, _bench_tokenizer(tiny), num_frames=count, max_new_tokens_cap=cap)
         warmup_s = r.setup_decoder(compile="auto" if compile else False)
         _progress(f"product: warm-up {warmup_s:.1f} s, KV cache {r.model.decoder.max_cache_len} positions")
         r.eos_token_ids = []
@@ -559,12 +575,12 @@ class _Session:
             if prepare:
                 _sync(self.device)
                 t0 = time.perf_counter()
-                r.prepare_frames(self.scene)
+                r.prepare_frames(store.to_scene(count))
                 _sync(self.device)
                 runs.setdefault("prepare_frames_s", []).append(time.perf_counter() - t0)
             _sync(self.device)
             t0 = time.perf_counter()
-            answer = r.answer(self.scene, question, task=task, max_new_tokens=n)
+            answer = r.answer(store.to_scene(count), question, task=task, max_new_tokens=n)
             _sync(self.device)
             runs.setdefault(name, []).append(time.perf_counter() - t0)
             for key, value in answer.timings.items():

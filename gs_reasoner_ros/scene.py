@@ -23,6 +23,9 @@ class Scene:
     poses: np.ndarray  # (N, 4, 4) float64 camera-to-world
     axis_align: np.ndarray = field(default_factory=lambda: np.eye(4))  # world -> model frame
     stamps: np.ndarray | None = None  # (N,) seconds, optional
+    # (N,) hashable ids, optional. An id promises that frame's colour, depth and intrinsics never
+    # change (its pose may), so caches can key on it instead of hashing pixels. Not saved to files.
+    frame_ids: tuple | None = None
 
     def __post_init__(self):
         self.rgb = np.asarray(self.rgb)
@@ -56,6 +59,8 @@ class Scene:
             raise ValueError("poses contain NaN or Inf")
         if self.stamps is not None:
             self.stamps = np.asarray(self.stamps, dtype=np.float64).reshape(n)
+        if self.frame_ids is not None:
+            self.frame_ids = _check_frame_ids(self.frame_ids, n)
 
     def __len__(self) -> int:
         return len(self.rgb)
@@ -63,7 +68,8 @@ class Scene:
     def select(self, indices) -> "Scene":
         idx = np.asarray(indices, dtype=np.int64)
         return Scene(self.rgb[idx], self.depth[idx], self.intrinsics[idx], self.poses[idx],
-                     self.axis_align.copy(), None if self.stamps is None else self.stamps[idx])
+                     self.axis_align.copy(), None if self.stamps is None else self.stamps[idx],
+                     None if self.frame_ids is None else tuple(self.frame_ids[i] for i in idx))
 
     def uniform_indices(self, count: int) -> np.ndarray:
         """The authors' frame choice: np.linspace over all frames, as integers."""
@@ -156,6 +162,24 @@ class Scene:
         if not np.allclose(self.axis_align, np.eye(4)):
             np.savetxt(folder / "axis_align.txt", self.axis_align)
         return folder
+
+
+def _check_frame_ids(ids, n: int) -> tuple:
+    """A tuple of n hashable ids (numpy arrays give Python scalars), or ValueError."""
+    try:
+        if isinstance(ids, (str, bytes)):
+            raise TypeError
+        ids = tuple(ids.tolist()) if isinstance(ids, np.ndarray) else tuple(ids)
+    except TypeError:
+        raise ValueError(f"frame_ids must be a sequence of {n} ids, got {type(ids).__name__}") from None
+    if len(ids) != n:
+        raise ValueError(f"frame_ids has {len(ids)} ids for {n} frames")
+    for i, frame_id in enumerate(ids):
+        try:
+            hash(frame_id)
+        except TypeError:
+            raise ValueError(f"frame_ids[{i}] is not hashable: {type(frame_id).__name__}") from None
+    return ids
 
 
 @functools.lru_cache(maxsize=4096)

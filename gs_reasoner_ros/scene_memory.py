@@ -878,6 +878,9 @@ def _unpack(packed: np.ndarray) -> list[np.ndarray]:
 
 # ---- keyframes ------------------------------------------------------------------------
 
+_KEYFRAME_IDS = itertools.count()  # process-wide: an id never names two different keyframes
+
+
 class KeyframeStore:
     """Bounded set of keyframes: a frame is kept when the camera moved `min_translation` metres
     or turned `min_rotation_deg` since the last keyframe, or `max_interval_s` passed, but never
@@ -885,7 +888,11 @@ class KeyframeStore:
     `max_keyframes` the oldest, or the one farthest from the newest camera, is dropped.
 
     Frames older than the newest keyframe are refused (offer returns False): a clock that jumps
-    back is the node's cue to clear() rather than mix timelines."""
+    back is the node's cue to clear() rather than mix timelines.
+
+    Every kept keyframe gets an id no other keyframe of the process ever gets (its content never
+    changes; transform() moves only its pose); to_scene() passes them as Scene.frame_ids so the
+    model's caches key on them instead of hashing pixels."""
 
     def __init__(self, max_keyframes: int = 64, min_translation: float = 0.15, min_rotation_deg: float = 10.0,
                  min_interval_s: float = 0.5, max_interval_s: float = 5.0, eviction: str = "oldest"):
@@ -904,8 +911,15 @@ class KeyframeStore:
         self.max_interval_s = float(max_interval_s)
         self.eviction = _check_eviction(eviction)
         self._frames: list[Frame] = []
+        self._ids: list[int] = []  # parallel to _frames
         self._last: Frame | None = None  # the newest keyframe, even if evicted by "farthest"
         self._lock = threading.Lock()
+        # to_scene's reuse: every change of _frames bumps _version. _scene is (version, count,
+        # axis_align bytes, Scene); _images is (chosen ids, read-only rgb, depth, K stacks), kept
+        # across pose changes and new alignments, which need no new image copies.
+        self._version = 0
+        self._scene: tuple | None = None
+        self._images: tuple | None = None
 
     def offer(self, frame: Frame) -> bool:
         """Keep `frame` if it is a new keyframe under the policy; returns whether it was kept."""
@@ -915,9 +929,13 @@ class KeyframeStore:
             if not self._wanted(frame):
                 return False
             self._frames.append(frame)
+            self._ids.append(next(_KEYFRAME_IDS))
             self._last = frame
             if len(self._frames) > self.max_keyframes:
-                self._frames.pop(self._victim())
+                victim = self._victim()
+                self._frames.pop(victim)
+                self._ids.pop(victim)
+            self._version += 1
             return True
 
     def frames(self) -> list[Frame]:
@@ -929,10 +947,22 @@ class KeyframeStore:
         with self._lock:
             return len(self._frames)
 
+    def frame_id(self, frame: Frame) -> int | None:
+        """The id of `frame` (this very object, as offered) while it is a stored keyframe, else None.
+        E.g. to preprocess a new keyframe ahead under the key to_scene() will give it."""
+        with self._lock:
+            for f, frame_id in zip(self._frames, self._ids):
+                if f is frame:
+                    return frame_id
+            return None
+
     def clear(self) -> None:
         with self._lock:
             self._frames.clear()
+            self._ids.clear()
             self._last = None
+            self._version += 1
+            self._scene = self._images = None  # let the stacked copies go with the frames
 
     def new_timeline(self) -> None:
         """Stamps restart (a bag loops) but the keyframes stay valid: judge the next frame as if
@@ -951,6 +981,7 @@ class KeyframeStore:
                 moved[id(self._last)] = dataclasses.replace(self._last, pose=T @ self._last.pose)
             self._frames = [moved[id(f)] for f in self._frames]
             self._last = None if self._last is None else moved[id(self._last)]
+            self._version += 1  # the ids stay: the content did not change
 
     @property
     def newest_stamp(self) -> float | None:
@@ -960,21 +991,39 @@ class KeyframeStore:
 
     def to_scene(self, count: int = 32, axis_align=None) -> Scene:
         """A Scene of up to `count` keyframes chosen uniformly over the store (the authors'
-        np.linspace choice), with `axis_align` (world -> model, default identity). Only keyframes
-        with the newest keyframe's image sizes are used (the camera may have been reconfigured)."""
+        np.linspace choice), with `axis_align` (world -> model, default identity) and the
+        keyframes' ids as frame_ids. Only keyframes with the newest keyframe's image sizes are
+        used (the camera may have been reconfigured).
+
+        While no keyframe was added, dropped, cleared or moved, the same count and axis_align get
+        the same Scene object again; its arrays are read-only and shared, so callers must not
+        assign to its fields either (make a new Scene instead)."""
         if int(count) < 1:
             raise ValueError(f"count must be positive, got {count}")
         A = np.eye(4) if axis_align is None else check_transform(axis_align, "axis_align")
-        frames = self.frames()
+        wanted = (int(count), A.tobytes())
+        with self._lock:
+            version, frames, ids = self._version, list(self._frames), list(self._ids)
+            cached, images = self._scene, self._images
+        if cached is not None and cached[:3] == (version, *wanted):
+            return cached[3]
         if not frames:
             raise ValueError("no keyframes yet: the scene is empty")
         shapes = (frames[-1].rgb.shape, frames[-1].depth.shape)
-        frames = [f for f in frames if (f.rgb.shape, f.depth.shape) == shapes]
-        idx = np.linspace(0, len(frames) - 1, min(int(count), len(frames))).astype(int)
-        chosen = [frames[i] for i in idx]
-        return Scene(np.stack([f.rgb for f in chosen]), np.stack([f.depth for f in chosen]),
-                     np.stack([f.K for f in chosen]), np.stack([f.pose for f in chosen]), A,
-                     np.array([f.stamp for f in chosen]))
+        kept = [i for i, f in enumerate(frames) if (f.rgb.shape, f.depth.shape) == shapes]
+        idx = np.linspace(0, len(kept) - 1, min(int(count), len(kept))).astype(int)
+        chosen = [kept[i] for i in idx]
+        chosen_ids = tuple(ids[i] for i in chosen)
+        if images is None or images[0] != chosen_ids:
+            images = (chosen_ids, *(_read_only(np.stack([getattr(frames[i], name) for i in chosen]))
+                                    for name in ("rgb", "depth", "K")))
+        poses = _read_only(np.stack([frames[i].pose for i in chosen]))
+        stamps = _read_only(np.array([frames[i].stamp for i in chosen]))
+        scene = Scene(images[1], images[2], images[3], poses, _read_only(A.copy()), stamps, chosen_ids)
+        with self._lock:
+            if self._version == version:  # else a newer keyframe set came meanwhile: keep nothing stale
+                self._scene, self._images = (version, *wanted, scene), images
+        return scene
 
     def _wanted(self, frame: Frame) -> bool:
         last = self._last
@@ -997,3 +1046,9 @@ class KeyframeStore:
         here = self._frames[-1].pose[:3, 3]
         dist = [np.linalg.norm(f.pose[:3, 3] - here) for f in self._frames[:-1]]
         return int(np.argmax(dist))
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """`array`, marked read-only: to_scene hands the same arrays to every caller."""
+    array.setflags(write=False)
+    return array

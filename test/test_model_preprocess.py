@@ -1,6 +1,8 @@
 """Frame preprocessing: crop geometry, unprojection, RGB normalisation (gs_reasoner_model.md §2.1, §2.2)."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -149,3 +151,68 @@ def test_frame_cache_on_3dmatch_equals_the_reference(rgbd_3dmatch):
     got_pixels, got_coords = FrameCache().inputs(scene, frames)
     np.testing.assert_array_equal(got_pixels.numpy(), pixels)
     np.testing.assert_array_equal(got_coords.numpy(), coords)
+
+
+# ---- frame ids: caches key on a promised-stable id instead of hashing pixels -----------------
+
+def _with_ids(scene: Scene, ids) -> Scene:
+    return Scene(scene.rgb, scene.depth, scene.intrinsics, scene.poses, scene.axis_align, frame_ids=ids)
+
+
+def test_frame_key_uses_the_id_whatever_the_pixels():
+    from gs_reasoner_ros.model.preprocess import frame_key
+
+    a, b = _posed_scene(2, seed=1), _posed_scene(2, seed=2)  # different pixels
+    # The contract: an id promises the content, so the same id is the same key even if pixels differ.
+    assert frame_key(_with_ids(a, ["x", "y"]), 0) == frame_key(_with_ids(b, ["x", "z"]), 0) == ("id", "x")
+    assert frame_key(_with_ids(a, [7, 8]), 0) != frame_key(_with_ids(a, [9, 8]), 0)
+    assert frame_key(_with_ids(a, np.array([7, 8])), 1) == frame_key(_with_ids(b, [7, 8]), 1)
+    # Without ids the key follows the pixels: equal pixels (another object) match, a changed pixel does not.
+    copy = Scene(a.rgb.copy(), a.depth.copy(), a.intrinsics, a.poses)
+    assert frame_key(a, 1) == frame_key(copy, 1) != frame_key(a, 0)
+    copy.rgb[1, 0, 0, 0] ^= 1
+    assert frame_key(a, 1) != frame_key(copy, 1)
+    assert frame_key(a, 1) != frame_key(_with_ids(a, [0, 1]), 1)  # an id key never equals a pixel key
+
+
+def test_frame_cache_with_ids_equals_the_reference_without_hashing(monkeypatch):
+    from gs_reasoner_ros.model import preprocess
+    from gs_reasoner_ros.model.preprocess import FrameCache
+
+    def no_crc(*args):
+        raise AssertionError("frame ids were given: the pixels must not be hashed")
+
+    plain = _posed_scene()
+    frames = [3, 0, 2, 0]
+    pixels, coords = preprocess_frames(plain, frames)
+    monkeypatch.setattr(preprocess, "zlib", SimpleNamespace(crc32=no_crc))
+    scene = _with_ids(plain, [10, 11, 12, 13])
+    cache = FrameCache()
+    keys = cache.add(scene, frames)
+    assert keys == [("id", 13), ("id", 10), ("id", 12), ("id", 10)] and (cache.misses, cache.hits) == (3, 1)
+    got_pixels, got_coords = cache.inputs(scene, frames, keys)
+    np.testing.assert_array_equal(got_pixels.numpy(), pixels)
+    np.testing.assert_array_equal(got_coords.numpy(), coords)
+    # New poses under the same ids: nothing prepared again, coordinates follow the poses exactly.
+    moved = Scene(scene.rgb, scene.depth, scene.intrinsics, scene.poses @ _pose(0.2, 0.0, [0.1, 0.0, 0.0]),
+                  scene.axis_align, frame_ids=scene.frame_ids)
+    _, got = cache.inputs(moved, frames)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(got.numpy(), preprocess_frames(moved, frames)[1])
+    assert cache.misses == 3
+
+
+def test_scene_frame_ids_are_checked_and_kept_by_select():
+    scene = _posed_scene(3)
+    assert scene.frame_ids is None and scene.select([2, 0]).frame_ids is None
+    ided = _with_ids(scene, np.array([5, 6, 7]))
+    assert ided.frame_ids == (5, 6, 7) and type(ided.frame_ids[0]) is int
+    assert ided.select([2, 0, 2]).frame_ids == (7, 5, 7)
+    with pytest.raises(ValueError, match="2 ids for 3 frames"):
+        _with_ids(scene, [1, 2])
+    with pytest.raises(ValueError, match="not hashable"):
+        _with_ids(scene, [1, [2], 3])
+    with pytest.raises(ValueError, match="sequence of 3 ids"):
+        _with_ids(scene, "abc")
+    with pytest.raises(ValueError, match="sequence of 3 ids"):
+        _with_ids(scene, 3)

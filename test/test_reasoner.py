@@ -233,3 +233,33 @@ def test_prepare_frames_does_the_per_frame_work_ahead(tiny_reasoner):
     scene = plane_scene(4, seed=6)
     assert r.prepare_frames(scene) == 4 and r.prepare_frames(scene) == 0
     assert r.answer(scene, "q", task="qa", max_new_tokens=1).timings["frames_preprocessed"] == 0.0
+
+
+def test_frame_ids_skip_the_pixel_hash_and_change_nothing_else(tiny_reasoner, monkeypatch):
+    from gs_reasoner_ros.model import preprocess
+
+    r = tiny_reasoner
+    r.eos_token_ids, eos = [], r.eos_token_ids
+    try:
+        plain = plane_scene(3, seed=7)
+        r.clear_caches()
+        reference = [r.run(plain, q, task=t, max_new_tokens=4) for q, t in (("Where is the bed?", "spatial"),
+                                                                            ("Is it big?", "qa"))]
+
+        def no_crc(*args):
+            raise AssertionError("the scene has frame ids: no pixels may be hashed")
+
+        monkeypatch.setattr(preprocess, "zlib", SimpleNamespace(crc32=no_crc))
+        ided = Scene(plain.rgb, plain.depth, plain.intrinsics, plain.poses, frame_ids=["a", "b", "c"])
+        r.clear_caches()
+        first = r.run(ided, "Where is the bed?", max_new_tokens=4)
+        follow = r.run(ided, "Is it big?", task="qa", max_new_tokens=4)
+        assert follow.answer.timings["visual_cache_hit"] == follow.answer.timings["prefix_cache_hit"] == 1.0
+        for got, want in zip((first, follow), reference):
+            assert got.generated_ids.tolist() == want.generated_ids.tolist()
+            np.testing.assert_array_equal(got.visual_embeds, want.visual_embeds)
+            np.testing.assert_array_equal(got.last_logits, want.last_logits)
+            assert got.answer.text == want.answer.text
+    finally:
+        r.eos_token_ids = eos
+        r.clear_caches()

@@ -358,6 +358,98 @@ def test_to_scene_picks_uniformly(small_scene):
         store.to_scene(axis_align=np.diag([2.0, 1, 1, 1]))
 
 
+def test_keyframe_ids_are_unique_across_stores_and_clear(small_scene):
+    every = dict(min_interval_s=0.0, max_interval_s=0.0)
+    store, other = KeyframeStore(max_keyframes=3, **every), KeyframeStore(**every)
+    frames = [frame_of(small_scene, i % len(small_scene), stamp=i) for i in range(5)]
+    for f in frames:
+        store.offer(f)
+        other.offer(f)  # the same Frame object in two stores: still two ids
+    ids = store.to_scene().frame_ids
+    assert len(ids) == 3 and [store.frame_id(f) for f in frames] == [None, None, *ids]
+    assert store.frame_id(posed(0.0)) is None
+    store.clear()
+    for f in frames[:3]:
+        store.offer(f)  # the same frames again after clear(): new ids
+    seen = list(ids) + list(store.to_scene().frame_ids) + list(other.to_scene().frame_ids)
+    assert len(seen) == len(set(seen)) == 11
+
+
+def test_to_scene_reuses_its_scene_until_the_store_changes(small_scene):
+    store = KeyframeStore(max_keyframes=4, min_interval_s=0.0, max_interval_s=0.0, eviction="oldest")
+    for i in range(3):
+        store.offer(frame_of(small_scene, i, stamp=i))
+    first = store.to_scene(count=8)
+    assert store.to_scene(count=8) is first and store.to_scene(count=8, axis_align=np.eye(4)) is first
+    with pytest.raises(ValueError, match="read-only"):
+        first.poses[0, 0, 3] = 1.0  # shared with later callers: nobody may write into it
+    assert not any(a.flags.writeable for a in (first.rgb, first.depth, first.intrinsics, first.axis_align))
+    A = g.rotation_z(0.5)
+    aligned = store.to_scene(count=8, axis_align=A)
+    assert aligned is not first and store.to_scene(count=8, axis_align=A) is aligned
+    np.testing.assert_array_equal(aligned.axis_align, A)
+    assert aligned.rgb is first.rgb  # a new alignment needs no new copy of the images
+    two = store.to_scene(count=2)
+    assert len(two) == 2 and two.frame_ids == first.frame_ids[::2] and store.to_scene(count=2) is two
+    aligned = store.to_scene(count=8, axis_align=A)  # one Scene is kept: the last asked for
+    # A refused frame and new_timeline() change no keyframe; a kept frame, an eviction, a
+    # transform and clear() each do.
+    assert not store.offer(frame_of(small_scene, 0, stamp=-1.0))
+    assert store.to_scene(count=8, axis_align=A) is aligned
+    store.new_timeline()
+    assert store.to_scene(count=8, axis_align=A) is aligned
+    before = store.to_scene(count=8)
+    assert store.offer(frame_of(small_scene, 3, stamp=3))
+    grown = store.to_scene(count=8)
+    assert grown is not before and len(grown) == 4 and grown.frame_ids[:3] == before.frame_ids
+    assert store.offer(frame_of(small_scene, 0, stamp=4))  # over the cap: the oldest goes
+    evicted = store.to_scene(count=8)
+    assert evicted is not grown and evicted.frame_ids == grown.frame_ids[1:] + (evicted.frame_ids[-1],)
+    np.testing.assert_array_equal(evicted.stamps, [1, 2, 3, 4])
+    T = g.rotation_z(0.2)
+    T[:3, 3] = [0.5, -0.25, 0.0]
+    store.transform(T)
+    moved = store.to_scene(count=8)
+    assert moved is not evicted and moved.frame_ids == evicted.frame_ids  # same content, same ids
+    np.testing.assert_allclose(moved.poses, T @ evicted.poses)
+    np.testing.assert_array_equal(moved.depth, evicted.depth)
+    store.clear()
+    with pytest.raises(ValueError, match="no keyframes"):
+        store.to_scene(count=8)
+    store.offer(frame_of(small_scene, 1, stamp=0))
+    again = store.to_scene(count=8)
+    assert len(again) == 1 and again.frame_ids[0] not in moved.frame_ids
+    np.testing.assert_array_equal(again.rgb[0], small_scene.rgb[1])
+
+
+def test_to_scene_while_keyframes_arrive_matches_ids_to_frames(small_scene):
+    # Each id belongs to one stamp for good: a scene built while another thread adds keyframes
+    # must never pair ids, stamps and images of different store versions.
+    store = KeyframeStore(max_keyframes=6, min_interval_s=0.0, max_interval_s=0.0)
+    stop, owner, bad = threading.Event(), {}, []
+
+    def reader():
+        while not stop.is_set():
+            if len(store):
+                scene = store.to_scene(count=4)
+                for frame_id, stamp, depth in zip(scene.frame_ids, scene.stamps, scene.depth):
+                    expected = small_scene.depth[int(stamp) % len(small_scene)]
+                    if owner.setdefault(frame_id, stamp) != stamp or \
+                            not np.array_equal(depth, expected, equal_nan=True):
+                        bad.append((frame_id, stamp))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(60):
+            store.offer(frame_of(small_scene, i % len(small_scene), stamp=i))
+            time.sleep(0.0005)
+    finally:
+        stop.set()
+        thread.join()
+    assert not bad and len(owner) > 6
+
+
 def test_keyframe_store_bad_input():
     with pytest.raises(ValueError, match="no keyframes"):
         KeyframeStore().to_scene()

@@ -114,8 +114,9 @@ def _check_indices(scene: Scene, frame_indices: Sequence[int]) -> list[int]:
 def model_poses(scene: Scene, indices: Sequence[int]) -> torch.Tensor:
     """float32 (F,4,4) camera-to-model poses: the authors compose the alignment with the pose in
     float32 (align @ pose computed in float32, then applied to the points)."""
-    align = torch.from_numpy(scene.axis_align).float()
-    return torch.stack([align @ torch.from_numpy(scene.poses[i]).float() for i in indices])
+    # torch.tensor copies: scene arrays may be read-only (KeyframeStore.to_scene shares them).
+    align = torch.tensor(scene.axis_align, dtype=torch.float32)
+    return torch.stack([align @ torch.tensor(scene.poses[i], dtype=torch.float32) for i in indices])
 
 
 def preprocess_frames(scene: Scene, frame_indices: Sequence[int], crop: int = CROP_SIZE
@@ -138,8 +139,14 @@ def preprocess_frames(scene: Scene, frame_indices: Sequence[int], crop: int = CR
 
 
 def frame_key(scene: Scene, i: int) -> Hashable:
-    """Identity of frame i's pose-independent content (colour, depth, intrinsics): a CRC of the
-    pixels (~0.5 ms for 640x480), so equal frames share cache entries whatever their source."""
+    """Identity of frame i's pose-independent content (colour, depth, intrinsics).
+
+    With scene.frame_ids it is ("id", frame_ids[i]): the id's owner promises the content never
+    changes, so two frames with the same id share one entry whatever their pixels. Without ids it
+    is a CRC of the pixels (~0.5 ms for 640x480), so equal frames share entries whatever their
+    source. The two kinds of key never match each other."""
+    if scene.frame_ids is not None:
+        return ("id", scene.frame_ids[i])
     rgb, depth = np.ascontiguousarray(scene.rgb[i]), np.ascontiguousarray(scene.depth[i])
     return (rgb.shape, depth.shape, zlib.crc32(depth, zlib.crc32(rgb)), scene.intrinsics[i].tobytes())
 
