@@ -830,6 +830,7 @@ class _FrameGraphs:
         (self.depth, depth), (self.words, words), (self.rgb, rgb) = self._buffers = \
             [vmap._staging[name] for name in ("depth", "params", "rgb")]
         self.counters = torch.empty(2, dtype=torch.int64, pin_memory=True)
+        self.replays = 0
         self.insert, self.accumulate = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         # thread_local: the model's thread may use the GPU while the intake thread captures
         with torch.cuda.graph(self.insert, capture_error_mode="thread_local"):
@@ -849,6 +850,7 @@ class _FrameGraphs:
         self.insert.replay()
         np.copyto(self.rgb.numpy(), frame.rgb)  # while the GPU inserts
         self.accumulate.replay()
+        self.replays += 1
         self._torch.cuda.current_stream().synchronize()
         return self.counters.tolist()
 
@@ -946,6 +948,12 @@ class KeyframeStore:
     def __len__(self) -> int:
         with self._lock:
             return len(self._frames)
+
+    @property
+    def version(self) -> int:
+        """Changes with every change of the stored keyframes (added, dropped, cleared, moved)."""
+        with self._lock:
+            return self._version
 
     def frame_id(self, frame: Frame) -> int | None:
         """The id of `frame` (this very object, as offered) while it is a stored keyframe, else None.

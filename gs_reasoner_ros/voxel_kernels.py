@@ -180,6 +180,29 @@ if HAVE_TRITON:
         key = (i << 2 * _K_BITS) | (j << _K_BITS) | k
         return valid, ok, key, fx, fy, fz, row, col
 
+    @triton.jit
+    def _runs(same_as_before, BLOCK: tl.constexpr):
+        """Neighbouring pixels mostly fall in one voxel. For runs of lanes marked the same as
+        the lane before: each lane's run leader (first lane) and whether it ends its run."""
+        lane = tl.arange(0, BLOCK)
+        # running maximum of the leaders' lanes, in log2(BLOCK) doubling steps (an
+        # associative_scan would do, but Triton's interpreter runs those lane by lane)
+        leader = tl.where(same_as_before, 0, lane)
+        for i in tl.static_range(16):  # unrolled; steps 1, 2, 4, ... below BLOCK
+            if (1 << i) < BLOCK:
+                back = tl.gather(leader, tl.maximum(lane - (1 << i), 0), 0)
+                leader = tl.maximum(leader, tl.where(lane >= (1 << i), back, 0))
+        after = tl.gather(same_as_before.to(tl.int32), tl.minimum(lane + 1, BLOCK - 1), 0)
+        last = (after == 0) | (lane == BLOCK - 1)
+        return leader, last
+
+    @triton.jit
+    def _run_sum(values, leader):
+        """Per lane, the sum of `values` from its run's leader up to it (the run's total at its
+        last lane): a cumulative sum minus the one before the leader."""
+        total = tl.cumsum(values, 0)
+        return total - tl.gather(total - values, leader, 0)
+
     # Arguments that change as the table grows are not specialised: Triton would compile a new
     # variant the first time one is 1 or a multiple of 16 (a stall of a second, mid-run).
     @triton.jit(do_not_specialize=["shift", "mask"])
@@ -192,7 +215,13 @@ if HAVE_TRITON:
         tl.atomic_add(words + 1, tl.sum(valid.to(tl.int64), axis=0), sem="relaxed")
         # int64 multiply wraps like uint64; the arithmetic shift then the mask keep the top bits
         pos = ((key * _K_HASH_MUL) >> shift) & mask
-        active = ok
+        # only the first pixel of each run of one voxel probes; the run takes its position
+        lane = tl.arange(0, BLOCK)
+        before = tl.maximum(lane - 1, 0)
+        ok_before = tl.gather(ok.to(tl.int32), before, 0) != 0
+        same = ok & ok_before & (tl.gather(key, before, 0) == key) & (lane > 0)
+        leader, _ = _runs(same, BLOCK)
+        active = ok & ~same
         while tl.max(active.to(tl.int32), axis=0) > 0:
             # tl.atomic_cas has no mask: inactive lanes compare with a value no entry holds
             expect = tl.where(active, _K_EMPTY, _K_NEVER).to(tl.int64)
@@ -208,6 +237,7 @@ if HAVE_TRITON:
             # another key or a tombstone (GONE): step on; never claim a tombstone
             active = active & (prev != _K_EMPTY) & (prev != key)
             pos = tl.where(active, (pos + 1) & mask, pos)
+        pos = tl.gather(pos, leader, 0)
         tl.store(pos_buffer + offs, tl.where(ok, pos, -1).to(tl.int32), mask=offs < n_pix)
 
     @triton.jit
@@ -217,18 +247,27 @@ if HAVE_TRITON:
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         valid, ok, key, fx, fy, fz, row, col = _pixel_voxels(depth, words, u_table, v_table, offs, n_pix,
                                                              grid_w, depth_w, stride, HAS_MAX, FAR)
-        pos = tl.load(pos_buffer + offs, mask=ok, other=0).to(tl.int64)
-        slot = tl.load(table_slots + pos, mask=ok, other=0)
+        pos = tl.load(pos_buffer + offs, mask=ok, other=-1).to(tl.int64)
+        # sum each run of pixels in one voxel first: one set of atomics per run, at its last lane
+        lane = tl.arange(0, BLOCK)
+        same = ok & (tl.gather(pos, tl.maximum(lane - 1, 0), 0) == pos) & (lane > 0)
+        leader, last = _runs(same, BLOCK)
+        last = last & ok
+        slot = tl.load(table_slots + pos, mask=last, other=0)
         # the nearest colour pixel (the same pixel when colour and depth have one size)
         crow = tl.minimum(row * stride * rgb_h // depth_h, rgb_h - 1)
         ccol = tl.minimum(col * stride * rgb_w // depth_w, rgb_w - 1)
         pix = (crow * rgb_w + ccol) * 3
-        tl.atomic_add(count + slot, tl.full(slot.shape, 1.0, tl.float64), mask=ok, sem="relaxed")
-        tl.atomic_add(sum_offset + 3 * slot, fx.to(tl.float64), mask=ok, sem="relaxed")
-        tl.atomic_add(sum_offset + 3 * slot + 1, fy.to(tl.float64), mask=ok, sem="relaxed")
-        tl.atomic_add(sum_offset + 3 * slot + 2, fz.to(tl.float64), mask=ok, sem="relaxed")
+        points = (lane - leader + 1).to(tl.float64)
+        tl.atomic_add(count + slot, points, mask=last, sem="relaxed")
+        tl.atomic_add(sum_offset + 3 * slot, _run_sum(tl.where(ok, fx, 0), leader).to(tl.float64), mask=last,
+                      sem="relaxed")
+        tl.atomic_add(sum_offset + 3 * slot + 1, _run_sum(tl.where(ok, fy, 0), leader).to(tl.float64), mask=last,
+                      sem="relaxed")
+        tl.atomic_add(sum_offset + 3 * slot + 2, _run_sum(tl.where(ok, fz, 0), leader).to(tl.float64), mask=last,
+                      sem="relaxed")
         for ch in tl.static_range(3):
-            colour = tl.load(rgb + pix + ch, mask=ok, other=0)
-            tl.atomic_add(sum_rgb + 3 * slot + ch, colour.to(tl.float64), mask=ok, sem="relaxed")
+            colour = tl.load(rgb + pix + ch, mask=ok, other=0).to(tl.int32)
+            tl.atomic_add(sum_rgb + 3 * slot + ch, _run_sum(colour, leader).to(tl.float64), mask=last, sem="relaxed")
         tick = tl.load(words + _K_TICK)
-        tl.store(seen + slot, tl.zeros_like(slot) + tick, mask=ok)
+        tl.store(seen + slot, tl.zeros_like(slot) + tick, mask=last)

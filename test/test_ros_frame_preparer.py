@@ -18,13 +18,14 @@ def frame(i):
 class SlowReasoner:
     def __init__(self):
         self.lock = threading.Lock()  # held by a "query" in the test
-        self.seen = []
+        self.seen, self.ids = [], []
 
     def prepare_frames(self, scene):
         with self.lock:
             if scene.rgb[0, 0, 0, 0] == 99:
                 raise ValueError("bad frame")
             self.seen.append((int(scene.rgb[0, 0, 0, 0]), float(scene.depth[0, 0, 0])))
+            self.ids.append(scene.frame_ids)
             return 1
 
 
@@ -69,3 +70,24 @@ def test_errors_are_reported_and_the_thread_goes_on():
     assert len(errors) == 1 and "bad frame" in str(errors[0])
     p.stop()
     assert not p._thread.is_alive()
+
+
+def test_frames_are_prepared_under_their_keyframe_ids():
+    """The keyframe store's id travels with the frame, so the prepared entry is found again by
+    a question's scene (whose frames carry the same ids), without hashing pixels."""
+    from gs_reasoner_ros.model.preprocess import frame_key
+    from gs_reasoner_ros.scene_memory import KeyframeStore
+
+    store = KeyframeStore(min_interval_s=0.0)
+    r = SlowReasoner()
+    p = FramePreparer(r)
+    kept = frame(1)
+    assert store.offer(kept)
+    p.submit(kept, store.frame_id(kept))
+    p.submit(frame(2))  # no id: content-keyed as before
+    assert wait_for(lambda: len(r.ids) == 2)
+    scene = store.to_scene()
+    assert r.ids[0] == scene.frame_ids and r.ids[1] is None
+    prepared = type("S", (), {"frame_ids": r.ids[0]})
+    assert frame_key(prepared, 0) == frame_key(scene, 0)
+    p.stop()

@@ -92,6 +92,26 @@ def test_alignment_can_be_switched_off(rotated_room):
     np.testing.assert_array_equal(e.reasoner.calls[0]["A"], np.eye(4))
 
 
+def test_alignment_is_kept_while_the_keyframes_stay_and_follows_a_new_one():
+    """The map grows between questions; re-estimating the alignment from it each time would
+    change the scene the model sees (and miss its caches) although no keyframe changed."""
+    scene, room = synthetic_scene(seed=3, n_frames=10, width=160, height=120, yaw_deg=30.0, period_s=1.0)
+    vmap, store = VoxelMap(0.05), KeyframeStore(max_keyframes=50, min_interval_s=0.0)
+    frames = [Frame(scene.rgb[i], scene.depth[i], scene.intrinsics[i], scene.poses[i], float(scene.stamps[i]))
+              for i in range(len(scene))]
+    for f in frames[:6]:
+        vmap.integrate_frame(f)
+        store.offer(f)
+    e = QueryEngine(BoxOracle(room), store, vmap, QueryLimits())
+    first = e.alignment()
+    for f in frames[6:]:  # the camera streams on: the map changes, the keyframes do not
+        vmap.integrate_frame(f)
+    assert not np.array_equal(geometry.estimate_alignment(vmap.points()), first)  # the test can fail
+    assert e.alignment() is first
+    assert store.offer(frames[6])  # a new keyframe: estimated again from today's map
+    np.testing.assert_array_equal(e.alignment(), geometry.estimate_alignment(vmap.points()))
+
+
 def test_tasks_and_token_budgets(rotated_room):
     e = engine(rotated_room, default_max_new_tokens=0, max_new_tokens_limit=300)
     e.ask("how far is the sofa from the tv?", max_new_tokens=0)

@@ -75,6 +75,7 @@ def test_running_average_colour_and_position():
 def test_integrate_frame_equals_unprojected_points(small_scene):
     """The fast frame path agrees with unproject_depth + transform_points + integrate."""
     frame = frame_of(small_scene, 1)
+    frame.depth = frame.depth.copy()  # a view of the module's shared scene otherwise
     frame.depth[::7, ::5] = 0.0  # holes, NaN and negative depth are skipped
     frame.depth[3, ::3] = np.nan
     frame.depth[5, :] = -1.0

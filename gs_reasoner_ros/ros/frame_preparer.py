@@ -27,10 +27,12 @@ class FramePreparer:
         self._thread = threading.Thread(target=self._loop, name="frame-preparer", daemon=True)
         self._thread.start()
 
-    def submit(self, frame) -> None:
-        """Queue a keyframe (gs_reasoner_ros.scene_memory.Frame); never blocks."""
+    def submit(self, frame, frame_id=None) -> None:
+        """Queue a keyframe (gs_reasoner_ros.scene_memory.Frame) with the id its KeyframeStore
+        gave it, so it is prepared under the key a question's scene will look it up by; never
+        blocks."""
         with self._wake:
-            self._pending.append(frame)
+            self._pending.append((frame, frame_id))
             self._wake.notify()
 
     def stop(self, timeout_s: float = 1.0) -> None:
@@ -47,9 +49,10 @@ class FramePreparer:
                     self._wake.wait()
                 if self._stopped:
                     return
-                frame = self._pending.popleft()
+                frame, frame_id = self._pending.popleft()
             try:
-                scene = Scene(frame.rgb[None], frame.depth[None], frame.K, np.asarray(frame.pose)[None])
+                scene = Scene(frame.rgb[None], frame.depth[None], frame.K, np.asarray(frame.pose)[None],
+                              frame_ids=None if frame_id is None else [frame_id])
                 self.prepared += self._reasoner.prepare_frames(scene)
             except Exception as err:  # noqa: BLE001 (a bad frame must not end the thread)
                 if self._on_error is not None:

@@ -444,7 +444,7 @@ class ReasonerNode(LifecycleNode):
             frame = Frame(rgb=f.rgb, depth=f.depth, K=f.k, pose=pose, stamp=f.stamp)
             self.voxel_map.integrate_frame(frame, stride=p.map_stride)
             if self.keyframes.offer(frame) and self.preparer is not None:
-                self.preparer.submit(frame)
+                self.preparer.submit(frame, self.keyframes.frame_id(frame))
         except Exception as err:  # noqa: BLE001
             self._reject("frame integration", err)
             return

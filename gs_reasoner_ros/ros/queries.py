@@ -103,6 +103,7 @@ class QueryEngine:
 
     def __init__(self, reasoner, keyframes, voxel_map, limits: QueryLimits):
         self.reasoner, self.keyframes, self.voxel_map, self.limits = reasoner, keyframes, voxel_map, limits
+        self._alignment: tuple[int, np.ndarray] | None = None  # (keyframes.version, A)
 
     def prepare_ask(self, question: str, options=(), direct: bool = False,
                     max_new_tokens: int = 0) -> QueryRequest | QueryOutcome:
@@ -135,13 +136,22 @@ class QueryEngine:
         return req if isinstance(req, QueryOutcome) else self.run(req)
 
     def alignment(self) -> np.ndarray:
-        """World -> model frame for the current map (identity when disabled or too few points)."""
+        """World -> model frame for the current map (identity when disabled or too few points).
+
+        Estimated again only when the keyframes changed: the map keeps growing while the camera
+        streams, and an alignment that moved by a hair would make the model encode the same
+        keyframes again, where a follow-up question reuses their visual tokens and prompt."""
         if not self.limits.align_to_walls:
             return np.eye(4)
+        version = self.keyframes.version
+        if self._alignment is not None and self._alignment[0] == version:
+            return self._alignment[1]
         points = self.voxel_map.points()
         if len(points) < MIN_ALIGNMENT_POINTS:
-            return np.eye(4)
-        return geometry.estimate_alignment(points)  # adapts its cell size to coarse maps
+            return np.eye(4)  # not kept: the next question may have enough points
+        A = geometry.estimate_alignment(points)  # adapts its cell size to coarse maps
+        self._alignment = (version, A)
+        return A
 
     def run(self, req: QueryRequest) -> QueryOutcome:
         """Align the scene, ask the model, put its boxes into the world frame."""
