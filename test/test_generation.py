@@ -169,6 +169,20 @@ def test_attention_lengths_cover_the_position(lm):
         GreedyDecoder(lm, max_cache_len=64, attention_bucket=0)
 
 
+def poison_cache(dec: GreedyDecoder, first_slot: int) -> None:
+    """NaN in every cache slot from `first_slot` on: one read of them would poison the answer."""
+    for t in dec._keys + dec._values:
+        t[:, :, first_slot:] = float("nan")
+
+
+def assert_matches_naive_loop(lm, got, prompt) -> list[int]:
+    """The decoder's ids and probabilities equal the textbook loop's; returns the ids."""
+    ref_ids, ref_probs, _ = naive_greedy(lm, prompt, len(got.ids))
+    assert got.ids.tolist() == ref_ids
+    torch.testing.assert_close(got.token_probs, torch.tensor(ref_probs), rtol=1e-5, atol=1e-6)
+    return ref_ids
+
+
 @pytest.mark.parametrize("attention", ["matmul", "sdpa"])
 def test_answer_crossing_attention_buckets_matches_naive_loop(lm, attention):
     # positions 50..89 cross the 64-slot bucket; slots past 128 hold NaN, which the step must
@@ -176,16 +190,11 @@ def test_answer_crossing_attention_buckets_matches_naive_loop(lm, attention):
     prompt = embeds(50, seed=11)
     dec = GreedyDecoder(lm, max_cache_len=256, attention_bucket=64, decode_attention=attention)
     dec.warmup()
-    for t in dec._keys + dec._values:
-        t[:, :, 128:] = float("nan")
-    got = dec.generate(prompt, max_new_tokens=40)
-    ref_ids, ref_probs, _ = naive_greedy(lm, prompt, 40)
-    assert got.ids.tolist() == ref_ids
-    torch.testing.assert_close(got.token_probs, torch.tensor(ref_probs), rtol=1e-5, atol=1e-6)
+    poison_cache(dec, 128)
+    ref_ids = assert_matches_naive_loop(lm, dec.generate(prompt, max_new_tokens=40), prompt)
     # the same NaN poisons a decoder that attends over the whole cache: the test can fail
     whole = GreedyDecoder(lm, max_cache_len=256, attention_bucket=None, decode_attention=attention)
-    for t in whole._keys + whole._values:
-        t[:, :, 128:] = float("nan")
+    poison_cache(whole, 128)
     assert whole.generate(prompt, max_new_tokens=40).ids.tolist() != ref_ids
 
 
@@ -196,12 +205,8 @@ def test_split_attention_never_reads_past_the_position(lm):
     dec = GreedyDecoder(lm, max_cache_len=256, decode_attention="triton", decode_splits=4)
     assert dec.attention_lengths == (256,)  # one step (one CUDA graph) for every position
     dec.warmup()
-    for t in dec._keys + dec._values:
-        t[:, :, 50:] = float("nan")
-    got = dec.generate(prompt, max_new_tokens=30)
-    ref_ids, ref_probs, _ = naive_greedy(lm, prompt, 30)
-    assert got.ids.tolist() == ref_ids
-    torch.testing.assert_close(got.token_probs, torch.tensor(ref_probs), rtol=1e-5, atol=1e-6)
+    poison_cache(dec, 50)
+    assert_matches_naive_loop(lm, dec.generate(prompt, max_new_tokens=30), prompt)
 
 
 def test_fused_projections_share_the_weights_and_keep_the_model(lm):
