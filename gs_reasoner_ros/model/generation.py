@@ -8,22 +8,27 @@ once. ``GreedyDecoder`` keeps the work per token down to the weight reads:
 - one decode step whose inputs (token, position) live in device buffers and which updates them
   itself, so on CUDA the step is captured once into a CUDA graph (optionally after
   ``torch.compile``) and each token costs one graph replay;
-- attention over a prefix of the cache only: the step attends over the first ``L`` slots, ``L``
-  the smallest multiple of ``attention_bucket`` above the current position, with one captured
-  graph per ``L`` (all from one compile with ``L`` as a dynamic size), so a short context does
-  not pay for reading the masked tail of a cache sized for the longest answer;
+- attention that reads only the written part of the cache: on CUDA a split-cache Triton kernel
+  (model/decode_attention.py) that reads the attended length on the device, so one graph
+  serves every position; elsewhere batched matmuls over the first ``L`` slots, ``L`` the
+  smallest multiple of ``attention_bucket`` above the current position, one graph per ``L``;
+- the q/k/v and the gate/up projections fused into one matrix-vector product each (the layers'
+  weights become views of the fused tensors: no memory added);
 - a prefix cache: the KV of a prompt prefix (system prompt + visual tokens) is kept under a key,
   so a follow-up question on the same keyframes prefills only the question.
 
-Measured on an H100 (Qwen2-7B sizes, random bf16 weights, 6,840-token prompt; see
-scripts/gpu/RESULTS.md): 6.9 ms per token with torch.compile + CUDA graph, 8.7 ms with the CUDA
-graph alone, 25 ms for transformers' generate, against a floor of 4.9 ms (weights read once per
-token at the measured copy bandwidth). In float32 on CUDA the ids equal transformers' generate.
+Measured on an H100 (Qwen2-7B sizes, random bf16 weights, 10,304-slot cache, 7,122-token
+prompt; see scripts/gpu/RESULTS.md): 6.14 ms per token with torch.compile + CUDA graph, split
+attention and fused projections (7.25 ms with batched-matmul attention and separate
+projections), 21 ms for transformers' generate, against a floor of 4.85 ms (weights read once
+per token at the measured copy bandwidth). In float32 on CUDA the ids equal transformers'
+generate.
 
 The decoder calls the language model's own modules (norms, projections, MLP, ``lm_head``), so
-LoRA-wrapped layers and any dtype work unchanged; only the attention arithmetic and the RoPE
-application are written here, as the same formulas transformers uses. On CPU the generated ids
-equal plain argmax decoding with transformers (tested with a tiny random Qwen2 in float32).
+LoRA-wrapped layers (left unfused) and any dtype work unchanged; only the attention arithmetic
+and the RoPE application are written here, as the same formulas transformers uses. On CPU the
+generated ids equal plain argmax decoding with transformers (tested with a tiny random Qwen2 in
+float32, the split kernel in Triton's interpreter).
 
 Compilation and graph capture happen in :meth:`GreedyDecoder.warmup`, which the node calls when
 it is configured; a decoder that was never warmed up decodes eagerly instead of capturing on a
@@ -101,8 +106,8 @@ def _rows_of(linears: Sequence[nn.Module], name: str) -> Tensor:
         adjacent = adjacent and p.untyped_storage().data_ptr() == first.untyped_storage().data_ptr() \
             and p.storage_offset() == offset
         offset += p.numel()
-    if adjacent:
-        return first.detach().as_strided(size, torch.empty(size, device="meta").stride(), first.storage_offset())
+    if adjacent:  # contiguous rows back to back: the first part's strides fit the whole
+        return first.detach().as_strided(size, first.stride(), first.storage_offset())
     with torch.no_grad():
         fused = torch.cat([p.detach() for p in parts])
     start = 0
