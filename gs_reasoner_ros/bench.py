@@ -822,13 +822,15 @@ def _busy_model_call(stop: threading.Event) -> None:
 
 
 def _intake(frames: list, rate_hz: float, duration_s: float) -> dict:
-    """Frames arrive at `rate_hz` into a 2-deep queue that drops the oldest when full (a ROS
-    subscription of depth 2); one thread integrates them into the map and offers them to the
-    keyframe store while another runs a busy model call."""
+    """Frames arrive at `rate_hz` into a queue as deep as the node's intake queue (the
+    intake_queue_size default) that drops the oldest when full, as the node does; one thread
+    integrates them into the map and offers them to the keyframe store while another runs a
+    busy model call."""
+    from gs_reasoner_ros.ros.params import BY_NAME
     from gs_reasoner_ros.scene_memory import Frame, KeyframeStore, VoxelMap
 
     vmap, keyframes = VoxelMap(voxel_size=0.02), KeyframeStore()
-    inbox: queue.Queue = queue.Queue(maxsize=2)
+    inbox: queue.Queue = queue.Queue(maxsize=BY_NAME["intake_queue_size"].default)
     stop_busy, done = threading.Event(), threading.Event()
     counts = dict(sent=0, dropped=0, integrated=0)
     lat: list[float] = []

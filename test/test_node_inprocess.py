@@ -9,10 +9,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
-from std_srvs.srv import Trigger  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
@@ -20,10 +17,9 @@ from gs_reasoner_ros import geometry  # noqa: E402
 from gs_reasoner_ros.reasoning import Answer, GroundedBox  # noqa: E402
 from gs_reasoner_ros.ros import conversions, qos  # noqa: E402
 from gs_reasoner_ros.ros.markers import decode_boxes  # noqa: E402
-from gs_reasoner_ros.ros.node import ReasonerNode  # noqa: E402
 from gs_reasoner_ros.ros.queries import UNTRAINED_NOTE  # noqa: E402
-from gs_reasoner_ros.ros.replay import ScenePlayer  # noqa: E402
-from gs_reasoner_ros.srv import AskSpatialQuestion, ExportScene, GroundObjects  # noqa: E402
+from gs_reasoner_ros.ros.testing import InProcessNode  # noqa: E402
+from gs_reasoner_ros.srv import AskSpatialQuestion  # noqa: E402
 from gs_reasoner_ros.synthetic import synthetic_scene  # noqa: E402
 
 
@@ -47,80 +43,30 @@ class Oracle:
         return Answer(answer=f"{task}: {question}", text="...", objects=boxes, keyframes_used=len(scene))
 
 
-class Harness:
+class Harness(InProcessNode):
     def __init__(self, tmp_path):
         self.scene, self.room = synthetic_scene(seed=5, n_frames=12, width=160, height=120, yaw_deg=20.0)
         self.oracle = Oracle(self.room)
-        self.ctx = rclpy.context.Context()
-        rclpy.init(context=self.ctx)
-        overrides = [Parameter("export_root", value=str(tmp_path / "exports")),
-                     Parameter("map_publish_period_s", value=0.2), Parameter("diagnostics_period_s", value=0.2),
-                     Parameter("voxel_size", value=0.03), Parameter("num_frames", value=6),
-                     Parameter("keyframe_min_interval_s", value=0.0), Parameter("query_queue_size", value=0),
-                     Parameter("tf_timeout_s", value=0.3), Parameter("map_stride", value=1)]
-        self.node = ReasonerNode(context=self.ctx, reasoner_factory=lambda p: self.oracle,
-                                 parameter_overrides=overrides)
-        assert self.node.state == "active"
-        self.client = rclpy.create_node("probe", context=self.ctx)
-        self.executor = MultiThreadedExecutor(num_threads=self.node.executor_threads() + 2, context=self.ctx)
-        self.executor.add_node(self.node)
-        self.executor.add_node(self.client)
+        super().__init__(dict(export_root=str(tmp_path / "exports"), map_publish_period_s=0.2,
+                              diagnostics_period_s=0.2, voxel_size=0.03, num_frames=6, keyframe_min_interval_s=0.0,
+                              query_queue_size=0, tf_timeout_s=0.3, map_stride=1),
+                         reasoner_factory=lambda p: self.oracle)
         self.latest = {}
         c = self.client
         c.create_subscription(MarkerArray, "/gs_reasoner/markers", lambda m: self._keep("markers", m), qos.LATCHED)
         c.create_subscription(PointCloud2, "/gs_reasoner/map_cloud", lambda m: self._keep("map", m), qos.LATCHED)
         c.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self._keep("diag", m), 10)
-        self.clients = {name: c.create_client(t, f"/gs_reasoner/{name}", qos_profile=qos.SERVICES) for name, t in
-                        (("ask", AskSpatialQuestion), ("ground", GroundObjects), ("clear", Trigger),
-                         ("export_scene", ExportScene))}
-        self.player = ScenePlayer(c)
         self.raw = {"color": c.create_publisher(Image, "color/image", 10),
                     "depth": c.create_publisher(Image, "depth/image", 10),
                     "info": c.create_publisher(CameraInfo, "color/camera_info", 10),
                     "tf": c.create_publisher(TFMessage, "/tf", 10)}
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
 
     def _keep(self, key, msg):
         self.latest[key] = msg
 
-    def _spin(self):
-        while self.ctx.ok():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # noqa: BLE001 (context shut down while spinning)
-                break
-
-    def call(self, service, timeout=20.0, **fields):
-        client = self.clients[service]
-        assert client.wait_for_service(timeout_sec=10.0)
-        req = client.srv_type.Request(**fields)
-        future = client.call_async(req)
-        deadline = time.monotonic() + timeout
-        while not future.done():
-            assert time.monotonic() < deadline, f"{service} timed out"
-            time.sleep(0.01)
-        return future.result()
-
-    def wait_for(self, predicate, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        return True
-
     def diag(self):
         msg = self.latest.get("diag")
         return {s.name.split(": ")[1]: {kv.key: kv.value for kv in s.values} for s in msg.status} if msg else {}
-
-    def close(self):
-        self.node.stop()
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        self.client.destroy_node()
-        self.ctx.try_shutdown()
-        self.thread.join(2.0)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -23,10 +22,9 @@ from sensor_msgs.msg import PointCloud2  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from gs_reasoner_ros import geometry  # noqa: E402
-from gs_reasoner_ros.ros import conversions, qos  # noqa: E402
+from gs_reasoner_ros.ros import conversions, qos, testing  # noqa: E402
 from gs_reasoner_ros.ros.markers import decode_boxes  # noqa: E402
 from gs_reasoner_ros.scene import load_3dmatch  # noqa: E402
-from gs_reasoner_ros.srv import AskSpatialQuestion, GroundObjects  # noqa: E402
 
 VOXEL = 0.02
 REPLAYER = r"""
@@ -100,45 +98,20 @@ def fraction_near(query, ref, cell, reach, max_queries=20_000):
     return found.mean()
 
 
-class Probe:
-    """The third process's node: subscriptions and service clients."""
+class Probe(testing.Probe):
+    """The third process's node: the service clients, and the map cloud and markers it saw."""
 
     def __init__(self):
-        self.ctx = rclpy.context.Context()
-        rclpy.init(context=self.ctx)
-        self.node = rclpy.create_node("probe", context=self.ctx)
+        super().__init__()
         self.clouds, self.markers = [], []
         self.node.create_subscription(PointCloud2, "/gs_reasoner/map_cloud", self.clouds.append, qos.LATCHED)
         self.node.create_subscription(MarkerArray, "/gs_reasoner/markers", self.markers.append, qos.LATCHED)
-        self.ground = self.node.create_client(GroundObjects, "/gs_reasoner/ground")
-        self.ask = self.node.create_client(AskSpatialQuestion, "/gs_reasoner/ask")
-        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-
-    def spin_until(self, predicate, timeout):
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                return False
-            self.executor.spin_once(timeout_sec=0.05)
-        return True
-
-    def call(self, client, request, timeout=60.0):
-        assert self.spin_until(lambda: client.service_is_ready(), 30.0), "service never appeared"
-        future = client.call_async(request)
-        assert self.spin_until(future.done, timeout), "no response"
-        return future.result()
 
     def cloud_at(self, stamp, timeout=20.0):
         ok = self.spin_until(lambda: self.clouds and abs(
             conversions.stamp_to_sec(self.clouds[-1].header.stamp) - stamp) < 1e-6, timeout)
         assert ok, "no map cloud up to the expected frame"
         return self.clouds[-1]
-
-    def close(self):
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.ctx.try_shutdown()
 
 
 @pytest.mark.timeout(120)
@@ -180,12 +153,12 @@ def test_three_process_replay_of_real_frames(rgbd_3dmatch, tmp_path):
         assert grown < 0.05, "the repeated frame added a displaced copy"
         assert same >= 0.99
         # (3) the services answer (real tiny untrained model)
-        g = probe.call(probe.ground, GroundObjects.Request(description="the chair", max_new_tokens=8))
+        g = probe.call("ground", description="the chair", max_new_tokens=8)
         assert g.success and g.header.frame_id == "map" and g.keyframes_used > 0
         assert "untrained" in g.message
         newest = conversions.stamp_to_sec(g.header.stamp)
         assert min(abs(newest - s) for s in stamps + again) < 1e-6  # a keyframe's stamp
-        a = probe.call(probe.ask, AskSpatialQuestion.Request(question="How big is this room?", max_new_tokens=8))
+        a = probe.call("ask", question="How big is this room?", max_new_tokens=8)
         assert a.success and a.header.frame_id == "map" and a.keyframes_used > 0 and a.reasoning
         # (4) markers decode back to the boxes of the last answer (the tiny model may give none)
         assert probe.spin_until(lambda: len(probe.markers) >= 2, 10.0)

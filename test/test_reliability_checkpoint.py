@@ -15,15 +15,12 @@ import torch
 
 rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from std_srvs.srv import Trigger  # noqa: E402
 
 from gs_reasoner_ros.model import GSReasonerForCausalLM  # noqa: E402
 from gs_reasoner_ros.reasoner import Reasoner, tiny_checkpoint_dir  # noqa: E402
-from gs_reasoner_ros.ros import qos  # noqa: E402
+from gs_reasoner_ros.ros import testing  # noqa: E402
 from gs_reasoner_ros.ros.node import ReasonerNode  # noqa: E402
-from gs_reasoner_ros.srv import AskSpatialQuestion, ExportScene, GroundObjects  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -100,31 +97,11 @@ def test_a_malicious_pickle_is_refused_without_running(tmp_path, good):
 
 # ---- the node --------------------------------------------------------------------------
 
-class Probe:
+class Probe(testing.Probe):
     def __init__(self, ctx):
-        self.node = rclpy.create_node("ckpt_probe", context=ctx)
+        super().__init__(ctx, name="ckpt_probe")
         self.diag = None
         self.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: setattr(self, "diag", m), 10)
-        self.clients = {name: self.node.create_client(t, f"/gs_reasoner/{name}", qos_profile=qos.SERVICES)
-                        for name, t in (("ask", AskSpatialQuestion), ("ground", GroundObjects), ("clear", Trigger),
-                                        ("export_scene", ExportScene))}
-        self.executor = SingleThreadedExecutor(context=ctx)
-        self.executor.add_node(self.node)
-
-    def spin_until(self, predicate, timeout=15.0):
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                return False
-            self.executor.spin_once(timeout_sec=0.05)
-        return True
-
-    def call(self, service, **fields):
-        client = self.clients[service]
-        assert self.spin_until(client.service_is_ready), service
-        future = client.call_async(client.srv_type.Request(**fields))
-        assert self.spin_until(future.done), service
-        return future.result()
 
     def model_status(self):
         if self.diag is None:
@@ -135,10 +112,6 @@ class Probe:
         answers = [self.call("ask", question="where?"), self.call("ground", description="it"),
                    self.call("clear"), self.call("export_scene", name="x")]
         return all(not a.success and text in a.message for a in answers), [a.message for a in answers]
-
-    def close(self):
-        self.executor.shutdown()
-        self.node.destroy_node()
 
 
 def test_node_stays_up_reports_and_configures_once_fixed(good, tmp_path):

@@ -5,7 +5,6 @@ failures and records what reaches the model. The camera is a synthetic room rend
 smooth loop (12 cm between frames), so a relocalisation can be told from motion.
 """
 import os
-import threading
 import time
 
 import numpy as np
@@ -14,22 +13,20 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 import torch  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
-from std_srvs.srv import Trigger  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 from geometry_msgs.msg import TransformStamped  # noqa: E402
 
 from gs_reasoner_ros import geometry  # noqa: E402
 from gs_reasoner_ros.reasoning import IMAGE_TOKEN_INDEX  # noqa: E402
-from gs_reasoner_ros.ros import conversions, params, qos  # noqa: E402
-from gs_reasoner_ros.ros.node import ReasonerNode, load_reasoner  # noqa: E402
-from gs_reasoner_ros.ros.replay import CAMERA_FRAME, ScenePlayer  # noqa: E402
+from gs_reasoner_ros.ros import conversions, params  # noqa: E402
+from gs_reasoner_ros.ros.node import load_reasoner  # noqa: E402
+from gs_reasoner_ros.ros.replay import CAMERA_FRAME  # noqa: E402
+from gs_reasoner_ros.ros.testing import InProcessNode  # noqa: E402
 from gs_reasoner_ros.scene_memory import Frame, VoxelMap  # noqa: E402
-from gs_reasoner_ros.srv import AskSpatialQuestion, ExportScene, GroundObjects  # noqa: E402
 from gs_reasoner_ros.synthetic import camera_path, default_intrinsics, make_room, render_rgbd  # noqa: E402
 
 W, H, N_POSES = 160, 120, 60
@@ -72,72 +69,36 @@ class Faulty:
                 head.copy_(backup)
 
 
-class Harness:
+class Harness(InProcessNode):
     def __init__(self, tmp_path):
         self.room = make_room(3)
         self.K = default_intrinsics(W, H)
         self.poses = camera_path(self.room, N_POSES, seed=3)
         self.frames = [render_rgbd(self.room, self.K, T, W, H) for T in self.poses]
         self.export_root = tmp_path / "exports"
-        self.ctx = rclpy.context.Context()
-        rclpy.init(context=self.ctx)
-        overrides = [Parameter(name, value=value) for name, value in dict(
+        self.model = None
+        super().__init__(dict(
             export_root=str(self.export_root), diagnostics_period_s=0.2, map_publish_period_s=0.0,
             voxel_size=VOXEL, map_stride=STRIDE, num_frames=3, keyframe_min_interval_s=0.0,
             keyframe_min_translation_m=0.05, max_keyframes=100, query_queue_size=0, tf_timeout_s=0.3,
-            input_gap_s=0.5, max_new_tokens_limit=TOKEN_LIMIT).items()]
-        self.model = None
-        self.node = ReasonerNode(context=self.ctx, parameter_overrides=overrides,
-                                 reasoner_factory=lambda p: self._make_model(p))
-        assert self.node.state == "active"
-        c = self.client = rclpy.create_node("probe", context=self.ctx)
-        self.executor = MultiThreadedExecutor(num_threads=self.node.executor_threads() + 2, context=self.ctx)
-        self.executor.add_node(self.node)
-        self.executor.add_node(c)
+            input_gap_s=0.5, max_new_tokens_limit=TOKEN_LIMIT), reasoner_factory=lambda p: self._make_model(p))
+        c = self.client
         self.diag_msg = None
         c.create_subscription(DiagnosticArray, "/diagnostics", lambda m: setattr(self, "diag_msg", m), 10)
-        self.clients = {name: c.create_client(t, f"/gs_reasoner/{name}", qos_profile=qos.SERVICES) for name, t in
-                        (("ask", AskSpatialQuestion), ("ground", GroundObjects), ("clear", Trigger),
-                         ("export_scene", ExportScene))}
-        self.player = ScenePlayer(c)
         self.clock_pub = c.create_publisher(Clock, "/clock", 10)
         self.raw_color = c.create_publisher(Image, "color/image", 10)
         self.raw_depth = c.create_publisher(Image, "depth/image", 10)
         self.raw_info = c.create_publisher(CameraInfo, "color/camera_info", 10)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
         assert self.player.wait_for_subscribers(10.0)
 
     def _make_model(self, p):
         self.model = Faulty(load_reasoner(p))
         return self.model
 
-    def _spin(self):
-        while self.ctx.ok():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # noqa: BLE001 (context shut down while spinning)
-                break
-
     # ---- helpers ----
 
     def total(self, name):
         return self.node.health.total(name)
-
-    def wait_for(self, predicate, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        return True
-
-    def call(self, service, timeout=30.0, **fields):
-        client = self.clients[service]
-        assert client.wait_for_service(timeout_sec=10.0)
-        future = client.call_async(client.srv_type.Request(**fields))
-        assert self.wait_for(future.done, timeout), f"{service} did not answer"
-        return future.result()
 
     def set(self, **values):
         results = self.node.set_parameters([Parameter(k, value=v) for k, v in values.items()])
@@ -170,14 +131,6 @@ class Harness:
             return {}
         return {s.name.split(": ")[1]: ({kv.key: kv.value for kv in s.values}, s.level, s.message)
                 for s in msg.status}
-
-    def close(self):
-        self.node.stop()
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        self.client.destroy_node()
-        self.ctx.try_shutdown()
-        self.thread.join(2.0)
 
 
 @pytest.fixture(scope="module")

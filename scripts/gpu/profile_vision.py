@@ -18,22 +18,10 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import SiglipVisionModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gs_reasoner_ros.model.configuration import GSReasonerConfig  # noqa: E402
-
-
-def median_ms(fn, reps: int = 10) -> float:
-    for _ in range(3):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(reps):
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+from profile_llm import bench_ms  # noqa: E402  (CUDA-event median, shared with the LLM profile)
 
 
 def main() -> int:
@@ -62,7 +50,7 @@ def main() -> int:
             tower.set_attn_implementation(attn)
             for dtype in (torch.float16, torch.bfloat16):
                 tower.to(dtype)
-                ms = median_ms(forward)
+                ms = bench_ms(forward, reps=10)
                 result[f"{attn}_{str(dtype)[6:]}_ms"] = ms
                 result[f"{attn}_{str(dtype)[6:]}_tflops"] = flops / ms / 1e9
         tower.set_attn_implementation("sdpa")
