@@ -11,6 +11,7 @@ eviction costs O(evicted voxels). TorchVoxelMap runs the same algorithm on torch
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -467,6 +468,7 @@ class TorchVoxelMap(VoxelMap):
 
     pinned_upload = True  # CUDA: frames go up through pinned staging buffers (False: pageable copies)
     capture_graphs = True  # CUDA with pinned uploads: replay captured frames (False: launch one by one)
+    own_stream = True  # CUDA: integrate frames on the map's own stream (False: the caller's current one)
 
     def __init__(self, voxel_size: float = 0.02, max_voxels: int = 2_000_000, eviction: str = "oldest",
                  max_depth: float | None = None, device: str = "cuda"):
@@ -476,6 +478,7 @@ class TorchVoxelMap(VoxelMap):
         self._staging: dict = {}  # name -> (pinned host tensor, device tensor)
         self._pos_buffer = None
         self._graphs: _FrameGraphs | None = None  # the captured frame, while its key holds
+        self._stream = None  # the map's CUDA stream, made on first use
         super().__init__(voxel_size, max_voxels, eviction, max_depth, device)
         # None: the torch path (also how scripts/gpu/voxel_kernel_bench.py times the old path)
         self._kernels = voxel_kernels if voxel_kernels.available(self._dev) else None
@@ -561,7 +564,7 @@ class TorchVoxelMap(VoxelMap):
         back), so the host only copies the frame into the staging buffers: launching the kernels
         and copies one by one cost about as much as running them."""
         kernels = self._kernels
-        with self._on_device():
+        with self._on_map_stream():
             setup = self._begin_frame(frame, stride)
             words = kernels.frame_params(self._n, frame.pose, 1.0 / self.voxel_size, self.max_depth, self._tick)
             graphs = self._graphs
@@ -655,13 +658,25 @@ class TorchVoxelMap(VoxelMap):
         pair[1].copy_(pair[0], non_blocking=True)
         return pair[1]
 
-    def _on_device(self):
-        """Triton launches on the current CUDA device: make it the map's."""
-        import contextlib
-
-        if self._dev.type == "cuda":
-            return self._torch.cuda.device(self._dev)
-        return contextlib.nullcontext()
+    @contextlib.contextmanager
+    def _on_map_stream(self):
+        """The map's device (Triton launches on the current one) and the map's own CUDA stream,
+        so a frame is never queued behind the model's work on the default stream (during a
+        question, a decode step or more). The stream first waits for what the caller's stream
+        has queued (updates of the torch path: integrate, transform, eviction)."""
+        if self._dev.type != "cuda":
+            yield
+            return
+        torch = self._torch
+        with torch.cuda.device(self._dev):
+            if not self.own_stream:
+                yield
+                return
+            if self._stream is None:
+                self._stream = torch.cuda.Stream(self._dev)
+            self._stream.wait_stream(torch.cuda.current_stream(self._dev))
+            with torch.cuda.stream(self._stream):
+                yield
 
     # -- the torch path --
 

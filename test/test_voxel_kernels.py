@@ -327,3 +327,38 @@ def test_warmup_compiles_without_touching_the_map():
     np.testing.assert_array_equal(after[0], before[0])
     np.testing.assert_array_equal(after[1], before[1])
     assert VoxelMap(0.05).warmup() == 0.0
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="streams need the GPU")
+def test_frames_on_the_map_stream_see_updates_queued_on_the_callers_stream():
+    """Frames run on the map's own stream, integrate() (the torch path) on the caller's, which
+    another thread keeps busy with matmuls as the model would: each must see the other's
+    updates, in order."""
+    import threading
+
+    stop = threading.Event()
+
+    def busy():
+        a = torch.randn(4096, 4096, device=DEVICE) / 64.0
+        while not stop.is_set():
+            for _ in range(4):
+                a = torch.tanh(a @ a)
+            torch.cuda.current_stream().synchronize()
+
+    rng = np.random.default_rng(13)
+    frames = [plane_frame(rng, x=0.1 * i, h=48, w=64, stamp=i) for i in range(6)]
+    extra = [(rng.normal(scale=0.3, size=(500, 3)) + [0.2 * i, 0, 1], rng.integers(0, 256, (500, 3), dtype=np.uint8))
+             for i in range(6)]
+    thread = threading.Thread(target=busy, daemon=True)
+    thread.start()
+    try:
+        ref, got, total = VoxelMap(0.02), kernel_map(0.02), 0
+        for frame, (points, colours) in zip(frames, extra):
+            total += ref.integrate(points, colours) + ref.integrate_frame(frame)
+            got.integrate(points, colours)
+            got.integrate_frame(frame)
+    finally:
+        stop.set()
+        thread.join()
+    assert got._stream is not None and got._stream != torch.cuda.current_stream()
+    assert_same_map(ref, got, total)

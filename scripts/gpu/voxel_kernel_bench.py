@@ -9,6 +9,8 @@ over every frame of every pass; the first pass creates voxels, later ones merge 
   kernel_ms_per_frame          integrate_frame, kernel path, pinned staging uploads, captured
                                CUDA graphs (the default)
   kernel_no_graph_ms_per_frame the same, launching each frame's copies and kernels one by one
+  kernel_under_load_ms_per_frame  kernel path while another thread keeps the default stream busy
+  kernel_under_load_shared_stream_ms_per_frame  the same with the map on the caller's stream
   kernel_pageable_ms_per_frame the same with plain pageable copies
   torch_ms_per_frame           integrate_frame, the torch path it replaces
   upload_ms, upload_pageable_ms  depth + colour + params to the device alone, synchronised
@@ -52,6 +54,9 @@ def main(argv=None) -> int:
                   stride=args.stride, repeats=args.repeats)
     result["kernel_ms_per_frame"] = end_to_end(frames, args, kernels=True, pinned=True)
     result["kernel_no_graph_ms_per_frame"] = end_to_end(frames, args, kernels=True, pinned=True, graphs=False)
+    if args.device.startswith("cuda"):
+        result["kernel_under_load_ms_per_frame"] = under_load(frames, args, own_stream=True)
+        result["kernel_under_load_shared_stream_ms_per_frame"] = under_load(frames, args, own_stream=False)
     result["kernel_pageable_ms_per_frame"] = end_to_end(frames, args, kernels=True, pinned=False)
     result["torch_ms_per_frame"] = end_to_end(frames, args, kernels=False, pinned=True)
     result["upload_ms"] = uploads(frames, args, pinned=True)
@@ -117,6 +122,41 @@ def end_to_end(frames, args, kernels: bool, pinned: bool, graphs: bool = True) -
             sync(args)
             times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def under_load(frames, args, own_stream: bool) -> float:
+    """end_to_end while another thread keeps the default stream busy with bf16 matmuls, about
+    6 ms queued at a time (the model answering a question beside the camera)."""
+    import threading
+
+    import torch
+
+    stop = threading.Event()
+
+    def load():
+        a = torch.randn(8192, 8192, device=args.device, dtype=torch.bfloat16) / 90.0
+        while not stop.is_set():
+            for _ in range(4):
+                a = torch.tanh(a @ a)
+            torch.cuda.current_stream().synchronize()
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    try:
+        vmap = new_map(args)
+        vmap.own_stream = own_stream
+        vmap.integrate_frame(frames[0], args.stride)
+        vmap.clear()
+        times = []
+        for _ in range(args.repeats):
+            for frame in frames:
+                t0 = time.perf_counter()
+                vmap.integrate_frame(frame, args.stride)
+                times.append((time.perf_counter() - t0) * 1e3)  # integrate_frame waits for its own work
+        return statistics.median(times)
+    finally:
+        stop.set()
+        thread.join()
 
 
 def uploads(frames, args, pinned: bool) -> float:
