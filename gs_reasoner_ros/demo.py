@@ -226,7 +226,7 @@ def _box_line(label, center, quat, size) -> str:
 def _write_outputs(out: Path, suffix: str, pts, cols, boxes) -> None:
     from gs_reasoner_ros.visualization import birds_eye_png, write_ply
 
-    png = birds_eye_png(out / f"birds_eye{suffix}.png", pts, cols, boxes=boxes)
+    png = birds_eye_png(out / f"birds_eye{suffix}.png", pts, cols, boxes=boxes, min_size=1000)
     ply = write_ply(out / f"map{suffix}.ply", pts, cols)
     print(f"[demo] wrote {png} (bird's-eye view of the fused cloud with the boxes) and {ply}")
 

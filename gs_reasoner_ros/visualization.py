@@ -100,12 +100,15 @@ def read_ply(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def birds_eye_image(points, colors=None, boxes=(), resolution: float = 0.02, z_max: float | None = None,
-                    margin: float = 0.3):
+                    margin: float = 0.3, min_size: int = 0):
     """A top-down Pillow image of a z-up cloud: each pixel shows its highest point below `z_max`
     (by default 2 m above the floor, taken as the 1st percentile of z, so a ceiling does not
     hide the room), with `boxes` [(label, center, quat, size)] drawn as footprints and labelled.
-    x runs right and y up; `resolution` is metres per pixel."""
-    from PIL import Image, ImageDraw
+    x runs right and y up; `resolution` is metres per pixel. With `min_size`, the cloud's pixels
+    are repeated a whole number of times until the longer side has at least that many pixels
+    (a room at 2 cm per pixel is only a few hundred wide), and boxes and labels are drawn at
+    that size."""
+    from PIL import Image, ImageDraw, ImageFont
 
     pts, cols = _points_colors(points, colors)
     if not (np.isfinite(resolution) and resolution > 0):
@@ -135,22 +138,27 @@ def birds_eye_image(points, colors=None, boxes=(), resolution: float = 0.02, z_m
         last = np.unique(pixel[::-1], return_index=True)[1]
         top = order[len(order) - 1 - last]
         image[row[top], col[top]] = cols[top]
+    zoom = max(1, -(-int(min_size) // max(width, height)))
     picture = Image.fromarray(image)
+    if zoom > 1:
+        picture = picture.resize((width * zoom, height * zoom), Image.NEAREST)
+    scale = zoom / resolution  # pixels per metre in the picture
     draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default(size=11 + 3 * (zoom - 1)) if zoom > 1 else None
     palette = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
                (240, 50, 230), (128, 128, 0)]
     for i, (label, corners) in enumerate(footprints):
-        px = [((x - lo[0]) / resolution, (hi[1] - y) / resolution) for x, y in corners[[0, 1, 3, 2]]]
+        px = [((x - lo[0]) * scale, (hi[1] - y) * scale) for x, y in corners[[0, 1, 3, 2]]]
         colour = palette[i % len(palette)]
-        draw.polygon(px, outline=colour, width=max(1, int(0.03 / resolution)))
+        draw.polygon(px, outline=colour, width=max(1, int(0.03 * scale)))
         anchor = min(px, key=lambda p: (p[1], p[0]))
-        draw.text((anchor[0] + 2, max(anchor[1] - 12, 0)), label, fill=colour)
+        draw.text((anchor[0] + 2, max(anchor[1] - 12 * zoom, 0)), label, fill=colour, font=font)
     return picture
 
 
 def birds_eye_png(path: str | os.PathLike, points, colors=None, boxes=(), resolution: float = 0.02,
-                  z_max: float | None = None) -> Path:
-    """Write `birds_eye_image(points, colors, boxes, resolution, z_max)` as a PNG."""
+                  z_max: float | None = None, min_size: int = 0) -> Path:
+    """Write `birds_eye_image(points, colors, boxes, resolution, z_max, min_size=min_size)` as a PNG."""
     path = Path(path)
-    birds_eye_image(points, colors, boxes, resolution, z_max).save(path, format="PNG")
+    birds_eye_image(points, colors, boxes, resolution, z_max, min_size=min_size).save(path, format="PNG")
     return path

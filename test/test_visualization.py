@@ -106,3 +106,24 @@ def test_birds_eye_rotated_box_and_empty_cloud():
     assert birds_eye_image(np.zeros((0, 3))).size[0] > 0
     with pytest.raises(ValueError, match="resolution"):
         birds_eye_image(np.zeros((1, 3)), resolution=0.0)
+
+
+def test_birds_eye_min_size_repeats_pixels_and_scales_the_boxes():
+    rng = np.random.default_rng(4)
+    pts = np.column_stack([rng.uniform(0, 3, 400), rng.uniform(0, 2, 400), rng.uniform(0, 1, 400)])
+    cols = rng.integers(0, 256, (400, 3), dtype=np.uint8)
+    base = np.asarray(birds_eye_image(pts, cols, resolution=0.02))
+    big = np.asarray(birds_eye_image(pts, cols, resolution=0.02, min_size=1000))
+    zoom = -(-1000 // max(base.shape[:2]))
+    assert zoom > 1 and big.shape[:2] == (base.shape[0] * zoom, base.shape[1] * zoom) and max(big.shape) >= 1000
+    np.testing.assert_array_equal(big[::zoom, ::zoom], base)  # the same picture, each pixel repeated
+    box = ("sofa", np.array([1.5, 1.0, 0.4]), np.array([0, 0, 0, 1.0]), np.array([1.0, 0.6, 0.8]))
+    small = birds_eye_image(np.zeros((0, 3)), None, [box], resolution=0.02)
+    outline = np.asarray(birds_eye_image(np.zeros((0, 3)), None, [box], resolution=0.02, min_size=1000))
+    zoom = outline.shape[1] // small.size[0]
+    assert zoom > 1 and outline.shape[:2] == (small.size[1] * zoom, small.size[0] * zoom)
+    drawn = np.argwhere((outline != 255).any(axis=2))
+    # the footprint is 1.0 x 0.6 m: 50 x 30 pixels at 0.02 m per pixel, times the zoom
+    rows, columns = np.ptp(drawn[:, 0]) + 1, np.ptp(drawn[:, 1]) + 1
+    assert abs(columns - 50 * zoom) <= 2 * zoom and rows >= 28 * zoom  # (+ the label above)
+    assert birds_eye_image(pts, cols, resolution=0.02, min_size=10).size == birds_eye_image(pts, cols).size
