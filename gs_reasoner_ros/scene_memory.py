@@ -479,18 +479,24 @@ class TorchVoxelMap(VoxelMap):
         self._pos_buffer = None
         self._graphs: _FrameGraphs | None = None  # the captured frame, while its key holds
         self._stream = None  # the map's CUDA stream, made on first use
+        self.kernel_error = ""  # why the Triton kernels are off after warmup(), if they failed there
         super().__init__(voxel_size, max_voxels, eviction, max_depth, device)
         # None: the torch path (also how scripts/gpu/voxel_kernel_bench.py times the old path)
         self._kernels = voxel_kernels if voxel_kernels.available(self._dev) else None
 
     def warmup(self) -> float:
+        """As VoxelMap.warmup. Kernels that fail to compile or run here (an unsupported GPU, a
+        broken Triton) leave the map on the torch path, with the reason in `kernel_error`."""
         if self._kernels is None or self._dev.type != "cuda":  # the interpreter compiles nothing
             return 0.0
         t0 = time.perf_counter()
         probe = TorchVoxelMap(self.voxel_size, self.max_voxels, self.eviction, self.max_depth, self.device)
         K = np.array([[500.0, 0.0, 320.0], [0.0, 500.0, 240.0], [0.0, 0.0, 1.0]])
         frame = Frame(np.zeros((480, 640, 3), np.uint8), np.ones((480, 640), np.float32), K, np.eye(4), 0.0)
-        probe.integrate_frame(frame)
+        try:
+            probe.integrate_frame(frame)
+        except Exception as err:  # noqa: BLE001 (any compiler or driver failure: the torch path still works)
+            self._kernels, self.kernel_error = None, f"{type(err).__name__}: {err}"
         return time.perf_counter() - t0
 
     def integrate_frame(self, frame: Frame, stride: int = 1) -> int:

@@ -362,3 +362,19 @@ def test_frames_on_the_map_stream_see_updates_queued_on_the_callers_stream():
         thread.join()
     assert got._stream is not None and got._stream != torch.cuda.current_stream()
     assert_same_map(ref, got, total)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="warm-up compiles only on the GPU")
+def test_kernels_that_fail_in_warmup_leave_the_torch_path(monkeypatch):
+    vm = kernel_map(0.05)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel image for this GPU")
+
+    monkeypatch.setattr(voxel_kernels, "insert", broken)
+    vm.warmup()
+    assert vm._kernels is None and "no kernel image" in vm.kernel_error
+    rng = np.random.default_rng(14)
+    frame = plane_frame(rng)
+    ref = VoxelMap(0.05)
+    assert vm.integrate_frame(frame) == ref.integrate_frame(frame) and len(vm) == len(ref)

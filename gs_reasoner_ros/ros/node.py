@@ -142,7 +142,10 @@ class ReasonerNode(LifecycleNode):
         except ValueError as err:  # parameters that disagree with each other
             return self._configure_failed(f"bad parameters: {err}")
         warm = self.voxel_map.warmup()
-        if warm > 0:
+        if getattr(self.voxel_map, "kernel_error", ""):
+            self.get_logger().warning(f"voxel map on {p.map_device}: its GPU kernels failed "
+                                      f"({self.voxel_map.kernel_error}); fusing frames with plain torch instead")
+        elif warm > 0:
             self.get_logger().info(f"voxel map on {p.map_device}: kernels ready in {warm:.2f} s")
         self.get_logger().info(f"configuring: loading the model (checkpoint={p.checkpoint or '<none>'}, "
                                f"device={p.device})")
