@@ -111,15 +111,21 @@ def sync(args) -> None:
 
 def end_to_end(frames, args, kernels: bool, pinned: bool, graphs: bool = True) -> float:
     """Median ms of integrate_frame (synchronised), as gs-reasoner bench mapping times it."""
-    vmap = new_map(args, kernels, pinned, graphs)
-    vmap.integrate_frame(frames[0], args.stride)  # compile, pin, allocate
+    return frame_ms(new_map(args, kernels, pinned, graphs), frames, args, lambda: sync(args))
+
+
+def frame_ms(vmap, frames, args, wait=None) -> float:
+    """Median ms of integrate_frame over args.repeats passes (after a first frame that compiles,
+    pins and allocates, then clear()), `wait` called before each clock stop."""
+    vmap.integrate_frame(frames[0], args.stride)
     vmap.clear()
     times = []
     for _ in range(args.repeats):
         for frame in frames:
             t0 = time.perf_counter()
             vmap.integrate_frame(frame, args.stride)
-            sync(args)
+            if wait is not None:
+                wait()
             times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
@@ -145,15 +151,7 @@ def under_load(frames, args, own_stream: bool) -> float:
     try:
         vmap = new_map(args)
         vmap.own_stream = own_stream
-        vmap.integrate_frame(frames[0], args.stride)
-        vmap.clear()
-        times = []
-        for _ in range(args.repeats):
-            for frame in frames:
-                t0 = time.perf_counter()
-                vmap.integrate_frame(frame, args.stride)
-                times.append((time.perf_counter() - t0) * 1e3)  # integrate_frame waits for its own work
-        return statistics.median(times)
+        return frame_ms(vmap, frames, args)  # integrate_frame waits for its own work (a device sync would not)
     finally:
         stop.set()
         thread.join()
