@@ -204,6 +204,14 @@ class VoxelMap:
     def _numpy(array) -> np.ndarray:
         return array
 
+    @staticmethod
+    def _indices_where(mask):
+        return np.flatnonzero(mask)
+
+    @staticmethod
+    def _range(n: int):
+        return np.arange(n)
+
     # -- storage --
     # Per voxel (dense slots 0.._n-1): its packed key, the sum of its points' offsets inside the
     # voxel in 1/_FRAC voxel steps, the sum of colours, the point count, the integration tick
@@ -247,6 +255,19 @@ class VoxelMap:
         while 2 * entries > size:
             size *= 2
         self._new_table(size)
+
+    def _reserve_table(self, new: int) -> None:
+        """A table that probing for `new` more keys never fills (it must always meet an empty entry)."""
+        if self._n + self._gone + new >= self._tsize:
+            self._grow_table(self._n + new)
+
+    def _reserve_rows(self, new: int) -> None:
+        """Room for `new` more voxels in the dense arrays (the table is left as it is)."""
+        if self._n + new > len(self._keys):
+            capacity = len(self._keys)
+            while self._n + new > capacity:
+                capacity *= 2
+            self._alloc(capacity)
 
     # -- integration --
 
@@ -314,17 +335,32 @@ class VoxelMap:
             ijk, frac = [i[inside] for i in ijk], [f[inside] for f in frac]
         return _pack(*ijk), _pack(*frac), inside
 
-    def _integrate(self, xyz: list, cols: np.ndarray, origin) -> None:
+    def _keyed_points(self, xyz: list, cols, origin):
+        """The start of every integration: advance the tick, remember the origin, and return
+        the packed voxel keys, in-voxel offsets and colours of the points inside the key range,
+        as arrays of this backend (None when no point is left)."""
         self._tick += 1
         self._last_origin = np.asarray(origin, dtype=np.float64)
         if len(cols) == 0:
-            return
+            return None
+        xyz, cols = self._backend_arrays(xyz, cols)
         keys, offsets, inside = self._voxel_keys(xyz)
         colours = _pack(cols[:, 0], cols[:, 1], cols[:, 2])
         if inside is not None:
             colours = colours[inside]
             if len(keys) == 0:
-                return
+                return None
+        return keys, offsets, colours
+
+    @staticmethod
+    def _backend_arrays(xyz: list, cols):
+        return xyz, cols
+
+    def _integrate(self, xyz: list, cols: np.ndarray, origin) -> None:
+        points = self._keyed_points(xyz, cols, origin)
+        if points is None:
+            return
+        keys, offsets, colours = points
         # Neighbouring pixels mostly share a voxel: sum runs of equal keys first, a sort-free
         # reduction that shrinks the hash work several times for image-ordered points.
         boundary = np.empty(len(keys), bool)
@@ -378,24 +414,19 @@ class VoxelMap:
         return pos_of
 
     def _slots(self, keys: np.ndarray) -> np.ndarray:
-        """Dense voxel slot of every key, creating slots for new voxels."""
-        if self._n + self._gone + len(keys) >= self._tsize:  # probing must always meet an empty slot
-            self._grow_table(self._n + len(keys))
+        """Dense voxel slot of every key, creating slots for new voxels (both backends)."""
+        self._reserve_table(len(keys))
         pos = self._probe(keys)
         slot = self._tslot[pos]
-        new = np.flatnonzero(slot < 0)
+        new = self._indices_where(slot < 0)
         if len(new):
             new_pos = pos[new]
-            rank = np.arange(len(new_pos))
+            rank = self._range(len(new_pos))
             self._tslot[new_pos] = rank
             first = self._tslot[new_pos] == rank
             count = int(first.sum())
-            if self._n + count > len(self._keys):
-                capacity = len(self._keys)
-                while self._n + count > capacity:
-                    capacity *= 2
-                self._alloc(capacity)
-            fresh = self._n + np.arange(count)
+            self._reserve_rows(count)
+            fresh = self._n + self._range(count)
             self._tslot[new_pos[first]] = fresh
             self._tpos[fresh] = new_pos[first]
             self._keys[fresh] = keys[new[first]]
@@ -601,7 +632,8 @@ class TorchVoxelMap(VoxelMap):
         n_pix = len(range(0, h, stride)) * len(range(0, w, stride))
         self._tick += 1
         self._last_origin = frame.pose[:3, 3].astype(np.float64)
-        self._reserve(n_pix)  # every grid pixel may be a new voxel: the kernels never resize
+        self._reserve_table(n_pix)  # every grid pixel may be a new voxel: the kernels never resize
+        self._reserve_rows(n_pix)
         far = bool(np.abs(frame.pose[:3, 3]).max() * (1.0 / self.voxel_size) >= 2 ** 15)  # as _frame_points
         u, v = self._ray_axes(frame.K, frame.depth.shape, stride, np.float64 if far else np.float32)
         if self._pos_buffer is None or len(self._pos_buffer) < n_pix:
@@ -616,20 +648,6 @@ class TorchVoxelMap(VoxelMap):
         if 2 * (self._n + self._gone) > self._tsize:
             self._grow_table(self._n)
         return valid
-
-    def _reserve(self, new: int) -> None:
-        """Room for `new` more voxels: dense arrays, and a table that probing never fills."""
-        if self._n + self._gone + new >= self._tsize:
-            self._grow_table(self._n + new)
-        self._reserve_rows(new)
-
-    def _reserve_rows(self, new: int) -> None:
-        """Room for `new` more voxels in the dense arrays (the table is left as it is)."""
-        if self._n + new > len(self._keys):
-            capacity = len(self._keys)
-            while self._n + new > capacity:
-                capacity *= 2
-            self._alloc(capacity)
 
     def _ray_axes(self, K: np.ndarray, shape: tuple, stride: int, dtype):
         """Ray x/z per grid column and y/z per grid row on the device: the factors of
@@ -735,21 +753,19 @@ class TorchVoxelMap(VoxelMap):
             ijk, frac = [i[inside] for i in ijk], [f[inside] for f in frac]
         return _pack(*ijk), _pack(*frac), inside
 
+    def _backend_arrays(self, xyz: list, cols):
+        if not isinstance(cols, np.ndarray):  # from _frame_points: tensors already
+            return xyz, cols
+        # from integrate() or transform(): numpy in, tensors from here on
+        to_device = [self._torch.from_numpy(np.ascontiguousarray(a)).to(self._dev) for a in (*xyz, cols)]
+        return to_device[:3], to_device[3]
+
     def _integrate(self, xyz: list, cols, origin) -> None:
         torch = self._torch
-        self._tick += 1
-        self._last_origin = np.asarray(origin, dtype=np.float64)
-        if len(cols) == 0:
+        points = self._keyed_points(xyz, cols, origin)
+        if points is None:
             return
-        if isinstance(cols, np.ndarray):  # from integrate(): numpy in, tensors from here on
-            xyz = [torch.from_numpy(np.ascontiguousarray(c)).to(self._dev) for c in xyz]
-            cols = torch.from_numpy(np.ascontiguousarray(cols)).to(self._dev)
-        keys, offsets, inside = self._voxel_keys(xyz)
-        colours = _pack(cols[:, 0], cols[:, 1], cols[:, 2])
-        if inside is not None:
-            colours = colours[inside]
-            if len(keys) == 0:
-                return
+        keys, offsets, colours = points
         boundary = torch.ones(len(keys), dtype=torch.bool, device=self._dev)
         boundary[1:] = keys[1:] != keys[:-1]
         boundary[::_MAX_RUN] = True
@@ -792,27 +808,12 @@ class TorchVoxelMap(VoxelMap):
                 self._tkeys[spare] = _EMPTY
                 return h
 
-    def _slots(self, keys):
-        torch = self._torch
-        if self._n + self._gone + len(keys) >= self._tsize:
-            self._grow_table(self._n + len(keys))
-        pos = self._probe(keys)
-        slot = self._tslot[pos]
-        new = torch.nonzero(slot < 0).squeeze(1)
-        if len(new):
-            new_pos = pos[new]
-            rank = torch.arange(len(new_pos), device=self._dev)
-            self._tslot[new_pos] = rank
-            first = self._tslot[new_pos] == rank
-            count = int(first.sum())
-            self._reserve_rows(count)
-            fresh = self._n + torch.arange(count, device=self._dev)
-            self._tslot[new_pos[first]] = fresh
-            self._tpos[fresh] = new_pos[first]
-            self._keys[fresh] = keys[new[first]]
-            self._n += count
-            slot = self._tslot[pos]
-        return slot
+    @staticmethod
+    def _indices_where(mask):
+        return mask.nonzero().squeeze(1)
+
+    def _range(self, n: int):
+        return self._torch.arange(n, device=self._dev)
 
     def _eviction_plan(self, n: int, keep_n: int):
         torch = self._torch
