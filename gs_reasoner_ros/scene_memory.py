@@ -604,8 +604,8 @@ class TorchVoxelMap(VoxelMap):
         with self._on_map_stream():
             setup = self._begin_frame(frame, stride)
             words = kernels.frame_params(self._n, frame.pose, 1.0 / self.voxel_size, self.max_depth, self._tick)
-            graphs = self._graphs
-            if graphs is not None and graphs.key == self._graph_key(frame, setup):
+            key, graphs = self._graph_key(frame, setup), self._graphs
+            if graphs is not None and graphs.key == key:
                 return self._end_frame(graphs.run(frame, words))
             depth = self._upload("depth", frame.depth)
             params = self._upload("params", words)
@@ -615,7 +615,7 @@ class TorchVoxelMap(VoxelMap):
                                self._seen)
             counters = params[:2].tolist()  # the frame's one host sync
             if self._dev.type == "cuda" and self.pinned_upload and self.capture_graphs:  # compiled: capture
-                self._graphs = _FrameGraphs(self, setup, self._graph_key(frame, setup))
+                self._graphs = _FrameGraphs(self, setup, key)
         return self._end_frame(counters)
 
     def _graph_key(self, frame: Frame, setup) -> tuple:
