@@ -170,7 +170,7 @@ def _bag_scene(path: Path, count: int, topics: dict, world_frame: str | None, sl
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore
 
-    from .ros.tf_buffer import TfBuffer, TfError
+    from .pipeline.tf_tree import TfBuffer, TfError
 
     with AnyReader([path], default_typestore=get_typestore(Stores.ROS2_KILTED)) as reader:
         conns = _pick_topics(reader.connections, topics)

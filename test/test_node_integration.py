@@ -23,7 +23,7 @@ from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from gs_reasoner_ros import geometry  # noqa: E402
 from gs_reasoner_ros.ros import conversions, qos, testing  # noqa: E402
-from gs_reasoner_ros.ros.markers import decode_boxes  # noqa: E402
+from gs_reasoner_ros.ros.conversions.markers import decode_boxes  # noqa: E402
 from gs_reasoner_ros.scene import load_3dmatch  # noqa: E402
 
 VOXEL = 0.02

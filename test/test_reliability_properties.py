@@ -15,8 +15,8 @@ from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from gs_reasoner_ros import geometry  # noqa: E402
 from gs_reasoner_ros.reasoning import parse_output  # noqa: E402
 from gs_reasoner_ros.ros import conversions as cv  # noqa: E402
-from gs_reasoner_ros.ros.queries import QueryEngine, QueryLimits, QueryOutcome, QueryRequest  # noqa: E402
-from gs_reasoner_ros.ros.tf_buffer import TfBuffer, TfError  # noqa: E402
+from gs_reasoner_ros.pipeline.queries import QueryEngine, QueryLimits, QueryOutcome, QueryRequest  # noqa: E402
+from gs_reasoner_ros.pipeline.tf_tree import TfBuffer, TfError  # noqa: E402
 
 FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=64) | st.sampled_from([0.0, -0.0, 1.0, -1.0, 1e308])
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -123,7 +123,7 @@ def test_random_tf_streams_store_or_refuse_and_lookups_answer_or_raise_tf_error(
 @given(question=st.text(max_size=300), options=st.lists(st.text(max_size=40), max_size=30),
        direct=st.booleans(), tokens=st.integers(0, 2**32 - 1))
 def test_random_requests_become_a_clean_request_or_a_refusal(question, options, direct, tokens):
-    engine = QueryEngine(reasoner=None, keyframes=None, voxel_map=None, limits=QueryLimits(max_question_chars=200))
+    engine = QueryEngine(reasoner=None, keyframes=None, voxel_map=None, default_limits=QueryLimits(max_question_chars=200))
     out = engine.prepare_ask(question, options, direct, tokens)
     if isinstance(out, QueryOutcome):
         assert not out.success and out.message

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from gs_reasoner_ros.ros.frame_preparer import FramePreparer
+from gs_reasoner_ros.pipeline.frame_preparer import FramePreparer
 from gs_reasoner_ros.scene_memory import Frame
 
 

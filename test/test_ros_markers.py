@@ -6,8 +6,8 @@ pytest.importorskip("rclpy")
 from visualization_msgs.msg import Marker  # noqa: E402
 
 from gs_reasoner_ros import geometry  # noqa: E402
-from gs_reasoner_ros.ros.markers import BOX_NS, LABEL_NS, box_markers, decode_boxes  # noqa: E402
-from gs_reasoner_ros.ros.queries import WorldObject  # noqa: E402
+from gs_reasoner_ros.ros.conversions.markers import BOX_NS, LABEL_NS, box_markers, decode_boxes  # noqa: E402
+from gs_reasoner_ros.pipeline.queries import WorldObject  # noqa: E402
 
 
 def yaw_quat(deg):

@@ -9,9 +9,10 @@ import pytest
 
 from gs_reasoner_ros import geometry
 from gs_reasoner_ros.reasoning import Answer, GroundedBox
-from gs_reasoner_ros.ros.queries import (UNTRAINED_NOTE, QueryEngine, QueryLimits, export_scene, export_target,
+from gs_reasoner_ros.pipeline.export import export_scene, export_target
+from gs_reasoner_ros.pipeline.queries import (UNTRAINED_NOTE, QueryEngine, QueryLimits,
                                          token_budget)
-from gs_reasoner_ros.ros.query_worker import QueryWorker, Refused
+from gs_reasoner_ros.pipeline.query_worker import QueryWorker, Refused
 from gs_reasoner_ros.scene import Scene
 from gs_reasoner_ros.scene_memory import Frame, KeyframeStore, VoxelMap
 from gs_reasoner_ros.synthetic import synthetic_scene

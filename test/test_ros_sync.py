@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gs_reasoner_ros.ros.sync import ApproximateTimeSynchronizer, SimpleFilter
+from gs_reasoner_ros.pipeline.sync_matcher import ApproximateTimeSynchronizer, SimpleFilter
 
 
 def msg(t, tag):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from gs_reasoner_ros import geometry
-from gs_reasoner_ros.ros.tf_buffer import ConnectivityError, ExtrapolationError, TfBuffer, slerp
+from gs_reasoner_ros.pipeline.tf_tree import ConnectivityError, ExtrapolationError, TfBuffer, slerp
 
 
 def yaw_quat(deg):

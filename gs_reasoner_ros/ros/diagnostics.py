@@ -1,69 +1,14 @@
-"""Health counters of the node and their /diagnostics messages.
+"""The node's /diagnostics messages from a snapshot of its health figures.
 
-diagnostic_updater is not on PyPI, so this is a small stand-in: thread-safe counters and
-windowed rates (Health), and a pure function that turns a snapshot of them into a
-DiagnosticArray the node publishes on a timer.
+diagnostic_updater is not on PyPI, so this is a small stand-in: a pure function that turns a
+gs_reasoner_ros.pipeline.health snapshot into the DiagnosticArray the node publishes on a timer.
 """
 from __future__ import annotations
 
-import collections
-import threading
-import time
-
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from std_msgs.msg import Header
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
-RATE_WINDOW_S = 5.0
-
-
-class Health:
-    """Counters (monotonic totals), rates over the last few seconds, and last values."""
-
-    def __init__(self, clock=time.monotonic, window_s: float = RATE_WINDOW_S):
-        self._clock, self._window = clock, window_s
-        self._lock = threading.Lock()
-        self._counts: dict[str, int] = collections.Counter()
-        self._ticks: dict[str, collections.deque] = collections.defaultdict(collections.deque)
-        self._values: dict[str, object] = {}
-
-    def count(self, name: str, n: int = 1) -> int:
-        """Add n to counter `name` (its rate is tracked too); returns the new total."""
-        now = self._clock()
-        with self._lock:
-            self._counts[name] += n
-            ticks = self._ticks[name]
-            ticks.extend([now] * n)
-            self._trim(ticks, now)
-            return self._counts[name]
-
-    def set(self, name: str, value) -> None:
-        with self._lock:
-            self._values[name] = value
-
-    def total(self, name: str) -> int:
-        with self._lock:
-            return self._counts[name]
-
-    def rate(self, name: str) -> float:
-        """Events per second over the window (over the time since the first event if shorter)."""
-        now = self._clock()
-        with self._lock:
-            ticks = self._ticks[name]
-            self._trim(ticks, now)
-            return len(ticks) / self._window if ticks else 0.0
-
-    def snapshot(self) -> dict:
-        with self._lock:
-            names = list(self._counts)
-        out = {f"{n}_total": self.total(n) for n in names}
-        out.update({f"{n}_hz": round(self.rate(n), 2) for n in names})
-        with self._lock:
-            out.update(self._values)
-        return out
-
-    def _trim(self, ticks: collections.deque, now: float) -> None:
-        while ticks and ticks[0] < now - self._window:
-            ticks.popleft()
 
 
 def _status(level, name, message, hardware_id, values: dict) -> DiagnosticStatus:
@@ -121,7 +66,5 @@ def diagnostic_array(node_name: str, stamp, snap: dict, active: bool) -> Diagnos
     ])
 
 
-def _header(stamp):
-    from std_msgs.msg import Header
-
+def _header(stamp) -> Header:
     return Header(stamp=stamp)

@@ -1,7 +1,8 @@
 """reasoner_node: the ROS 2 lifecycle node around scene memory and GS-Reasoner.
 
-A thin shell: it converts messages and delegates to ROS-free libraries (scene_memory for
-keyframes and the voxel map, queries for the service logic, the reasoner for the model).
+A thin shell: it converts messages and delegates to ROS-free libraries (the live pipeline in
+gs_reasoner_ros.pipeline: intake, TF tree, timelines, queries, the model's thread; scene_memory
+for keyframes and the voxel map; the reasoner for the model).
 
 Lifecycle: configure loads the model and allocates the stores and TF subscriptions; activate
 subscribes to the camera (intake); deactivate stops intake; cleanup frees everything. The
@@ -20,20 +21,18 @@ reentrant group. Callbacks on the executor only do bookkeeping: a synced frame i
 the intake thread, which decodes it, waits for its pose and fuses it. (rclpy re-dispatches a
 ready entity of a busy mutually exclusive group in a tight loop, so a callback that fused a
 frame itself would spin the executor and starve the very thread doing the work.) The model
-runs on the QueryWorker thread, so sensors and TF keep flowing during a query. No callback lets an exception out: bad input is
-rejected, counted and reported in a throttled warning and on /diagnostics.
+runs on the QueryWorker thread, so sensors and TF keep flowing during a query. No callback lets an
+exception out: bad input is rejected, counted and reported in a throttled warning and on
+/diagnostics.
 """
 from __future__ import annotations
 
-import collections
 import os
 import signal
 import sys
-import threading
 import time
 from typing import NoReturn
 
-import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import JumpThreshold
@@ -48,20 +47,20 @@ from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import MarkerArray
 from diagnostic_msgs.msg import DiagnosticArray
 
-from gs_reasoner_ros.ros import conversions, dds, markers, params, qos
-from gs_reasoner_ros.ros.diagnostics import Health, diagnostic_array
-from gs_reasoner_ros.ros.frame_preparer import FramePreparer
-from gs_reasoner_ros.ros.queries import QueryEngine, QueryLimits, QueryOutcome, export_scene
-from gs_reasoner_ros.ros.query_worker import QueryWorker, Refused
+from gs_reasoner_ros.pipeline.export import export_scene
+from gs_reasoner_ros.pipeline.frame_preparer import FramePreparer
+from gs_reasoner_ros.pipeline.health import Health, Reporter
+from gs_reasoner_ros.pipeline.intake import Intake
+from gs_reasoner_ros.pipeline.queries import QueryEngine, QueryLimits, QueryOutcome
+from gs_reasoner_ros.pipeline.query_worker import QueryWorker, Refused
+from gs_reasoner_ros.ros import conversions, dds, params, qos
+from gs_reasoner_ros.ros.conversions import markers
+from gs_reasoner_ros.ros.diagnostics import diagnostic_array
 from gs_reasoner_ros.ros.sync import message_filters
-from gs_reasoner_ros.ros.tf_buffer import TfError, make_buffer
+from gs_reasoner_ros.ros.tf import make_buffer
 from gs_reasoner_ros.srv import AskSpatialQuestion, ExportScene, GroundObjects
 
 NODE_NAME = "gs_reasoner"
-INTAKE_POLL_S = 0.02  # how often the intake thread retries frames waiting for their pose
-RELOCALIZATION_WINDOW_S = 1.0  # consecutive frames further apart may legitimately have moved far
-MAX_TRACKED_TF_EDGES = 4096  # newest-stamp bookkeeping; beyond it the table restarts (hostile TF)
-WARN_THROTTLE_S = 5.0
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
@@ -86,19 +85,15 @@ class ReasonerNode(LifecycleNode):
         self.p = params.declare(self)
         self.add_post_set_parameters_callback(lambda _: setattr(self, "p", params.read(self)))
         self.health = Health()
+        self.report = Reporter(self.health, self.get_logger())
         self._factory = reasoner_factory or load_reasoner
         # One group per output timer: a map publish waiting for the map lock must not hold up
         # /diagnostics (a ready entity of a busy group makes rclpy's executor spin).
         self._groups = {name: MutuallyExclusiveCallbackGroup() for name in ("intake", "tf", "output", "map")}
         self._groups["services"] = ReentrantCallbackGroup()
-        self._intake_lock = threading.RLock()  # the pending frames, map and keyframes
-        self._timeline_lock = threading.Lock()  # newest stamps per input and TF edge
-        self._inbox: collections.deque = collections.deque()  # synced frames for the intake thread
-        self._inbox_cv = threading.Condition()
-        self._intake_thread = None
+        self.intake: Intake | None = None
         self._active = False
         self._configure_error = ""
-        self._last_logged: dict = {}  # call site -> when it last logged (_log_throttled)
         self._release()
         self._create_outputs()
         self._create_services()
@@ -166,8 +161,9 @@ class ReasonerNode(LifecycleNode):
         self.engine = QueryEngine(self.reasoner, self.keyframes, self.voxel_map, self._limits())
         self.worker = QueryWorker(p.query_queue_size, p.query_wait_s)
         if p.prepare_keyframes and hasattr(self.reasoner, "prepare_frames"):
-            self.preparer = FramePreparer(self.reasoner, lambda err: self._reject("keyframe preparation", err))
-        self._pending = collections.deque()
+            self.preparer = FramePreparer(self.reasoner, lambda err: self.report.reject("keyframe preparation", err))
+        self.intake = Intake(lambda: self.p, self.voxel_map, self.keyframes, self.tf, self.report,
+                             lambda synced: conversions.decode_rgbd(*synced), self.preparer, self._drop_sync_after)
         if p.time_jump_reset_s > 0:  # only fires for ROS time, i.e. use_sim_time with a /clock
             threshold = JumpThreshold(min_forward=None, min_backward=Duration(seconds=-p.time_jump_reset_s),
                                       on_clock_change=False)
@@ -196,9 +192,7 @@ class ReasonerNode(LifecycleNode):
         self._sync = mf.ApproximateTimeSynchronizer(self._inputs, p.sync_queue_size, p.sync_slop_s)
         self._sync.registerCallback(self._on_frame)
         self._active = True
-        self._intake_stop = False
-        self._intake_thread = threading.Thread(target=self._intake_loop, name="intake", daemon=True)
-        self._intake_thread.start()
+        self.intake.start()
         self.get_logger().info(f"active: intake from {self.resolve_topic_name('color/image')}, "
                                f"{self.resolve_topic_name('depth/image')}, "
                                f"{self.resolve_topic_name('color/camera_info')} ({p.input_qos}), "
@@ -229,10 +223,8 @@ class ReasonerNode(LifecycleNode):
         for f in getattr(self, "_inputs", []):
             self.destroy_subscription(f.sub)
         self._inputs, self._sync = [], None
-        self._stop_intake_thread()
-        with self._intake_lock:
-            if getattr(self, "_pending", None) is not None:
-                self._pending.clear()
+        if self.intake is not None:
+            self.intake.stop()
 
     def _configure_failed(self, why: str) -> TransitionCallbackReturn:
         """Stay unconfigured and keep saying why (log, /diagnostics, every service answer)."""
@@ -258,17 +250,14 @@ class ReasonerNode(LifecycleNode):
         handle = getattr(self, "_jump_handle", None)
         if handle is not None:
             handle.unregister()
+        if self.intake is not None:
+            self.intake.stop()
         self._configured_timers, self._subs, self._jump_handle = [], [], None
         self.reasoner = self.tf = self.voxel_map = self.keyframes = self.engine = self.worker = None
-        self.preparer = None
+        self.preparer = self.intake = None
         self._loaded_p = None
-        self._pending = None
         self._inputs, self._sync = [], None
-        self._map_version = self._published_version = 0
-        self._newest_integrated = 0.0
-        self._newest_input, self._newest_tf = {}, {}
-        self._last_reset = None  # (stamp, monotonic time) of the latest new timeline
-        self._last_poses = collections.deque(maxlen=2)  # (stamp, camera pose) of the last integrated frames
+        self._published_version = -1
         self._last_synced_wall = None
         self.health.set("model_loaded", False)
 
@@ -276,18 +265,9 @@ class ReasonerNode(LifecycleNode):
         """Shutdown path of main(): refuse queries and release waiting callers at once.
         Returns False while a model call is still running on the worker thread."""
         self._active = False
-        self._stop_intake_thread()
+        if self.intake is not None:
+            self.intake.stop()
         return self.worker is None or self.worker.stop(timeout_s)
-
-    def _stop_intake_thread(self, timeout_s: float = 0.5) -> None:
-        thread = self._intake_thread
-        with self._inbox_cv:
-            self._intake_stop = True
-            self._inbox.clear()
-            self._inbox_cv.notify()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout_s)
-        self._intake_thread = None
 
     # ---- entities -------------------------------------------------------------------
 
@@ -319,44 +299,18 @@ class ReasonerNode(LifecycleNode):
         return QueryLimits(loaded.max_question_chars, p.default_max_new_tokens, loaded.max_new_tokens_limit,
                            p.num_frames, p.align_to_walls)
 
-    # ---- intake ---------------------------------------------------------------------
-
-    def _log_throttled(self, level: str, text: str, period_s: float) -> None:
-        """At most one message per call site and period, rate-limited here rather than by rclpy's
-        logger, which looks up its caller's source file on every call (milliseconds of stat
-        calls), even when it then drops the message."""
-        site = sys._getframe(1).f_code
-        now = time.monotonic()
-        if now - self._last_logged.get(site, -float("inf")) < period_s:
-            return
-        self._last_logged[site] = now
-        getattr(self.get_logger(), level)(text)
-
-    def _reject(self, what: str, err: Exception | str) -> None:
-        n = self.health.count("rejected")
-        self.health.set("last_rejection", f"{what}: {err}")
-        self._log_throttled("warning", f"rejected {what}: {err} ({n} so far)", WARN_THROTTLE_S)
+    # ---- intake (the pipeline does the work; these only count and hand over) -------
 
     def _on_input(self, name: str, msg) -> None:
-        """Every colour, depth and camera_info message, before the synchronizer: count it and
-        start a new timeline when its stamps went back (a stale message must never pair with
-        the new timeline's)."""
+        """Every colour, depth and camera_info message, before the synchronizer: counted, and
+        its stamp checked for a jump back (a new timeline)."""
         self.health.count(name)
-        threshold = self.p.time_jump_reset_s
-        if threshold <= 0:
-            return
         try:
             stamp = conversions.stamp_to_sec(msg.header.stamp)
         except Exception:  # noqa: BLE001 (the decoder rejects it later)
             return
-        with self._timeline_lock:  # not the intake lock: the intake thread holds that while fusing
-            newest = self._newest_input.get(name)
-            jumped = newest is not None and stamp < newest - threshold
-            self._newest_input[name] = stamp if newest is None or jumped else max(stamp, newest)
-        if jumped:
-            self._new_timeline(f"{name} stamps jumped back {newest - stamp:.1f} s", stamp)
-            with self._timeline_lock:
-                self._newest_input[name] = stamp
+        if self.intake is not None:
+            self.intake.observe_stamp("input", name, stamp)
 
     def _on_frame(self, color: Image, depth: Image, info: CameraInfo) -> None:
         self.health.count("synced")
@@ -366,167 +320,8 @@ class ReasonerNode(LifecycleNode):
             self.health.count("input_gaps")
             self.health.set("last_input_gap_s", round(now - last, 2))
             self.get_logger().warning(f"camera input resumed after a {now - last:.1f} s gap (input_gap_s)")
-        if not self._active:
-            return
-        with self._inbox_cv:
-            if len(self._inbox) >= self.p.intake_queue_size:
-                self._inbox.popleft()
-                n = self.health.count("intake_dropped")
-                self._log_throttled("warning", f"intake is behind: dropped the oldest synced frame ({n} so far; "
-                                    "intake_queue_size)", WARN_THROTTLE_S)
-            self._inbox.append((color, depth, info))
-            self._inbox_cv.notify()
-
-    def _intake_loop(self) -> None:
-        """The intake thread: decode queued frames, wait for their poses, fuse them."""
-        while True:
-            with self._inbox_cv:
-                if not self._inbox and not self._intake_stop:
-                    self._inbox_cv.wait(INTAKE_POLL_S)
-                if self._intake_stop:
-                    return
-                batch = list(self._inbox)
-                self._inbox.clear()
-            try:
-                for color, depth, info in batch:
-                    self._accept(color, depth, info)
-                with self._intake_lock:
-                    if self._pending:
-                        self._drain_pending()
-            except Exception as err:  # noqa: BLE001 (the thread must outlive any bad frame)
-                self._reject("intake", err)
-
-    def _accept(self, color: Image, depth: Image, info: CameraInfo) -> None:
-        try:
-            frame = conversions.decode_rgbd(color, depth, info)
-        except Exception as err:  # noqa: BLE001
-            self._reject("RGB-D frame", err)
-            return
-        frame.frame_id = frame.frame_id.lstrip("/")
-        with self._intake_lock:
-            if self._pending is None:
-                return
-            if len(self._pending) >= self.p.tf_pending_frames:
-                self._pending.popleft()
-                self._tf_failure("too many frames waiting for TF; dropped the oldest")
-            self._pending.append((frame, time.monotonic() + self.p.tf_timeout_s))
-            self._drain_pending()
-
-    def _drain_pending(self) -> None:
-        """Integrate every waiting frame whose pose is known; drop those past their deadline."""
-        now, waiting = time.monotonic(), collections.deque()
-        while self._pending:
-            frame, deadline = self._pending.popleft()
-            try:
-                pose = self.tf.lookup(self.p.world_frame, frame.frame_id, frame.stamp)
-            except TfError as err:
-                if now < deadline:
-                    waiting.append((frame, deadline))
-                else:
-                    self._tf_failure(f"no pose for {frame.frame_id} at {frame.stamp:.3f}: {err}")
-                continue
-            except Exception as err:  # noqa: BLE001
-                self._tf_failure(f"pose lookup failed: {err}")
-                continue
-            self._integrate(frame, pose)
-        self._pending = waiting
-        self.health.set("tf_waiting", len(waiting))
-
-    def _tf_failure(self, why: str) -> None:
-        n = self.health.count("tf_failures")
-        self.health.set("last_tf_failure", why)
-        self._log_throttled("warning", f"dropped a frame: {why} ({n} so far)", WARN_THROTTLE_S)
-
-    def _integrate(self, f: conversions.RgbdFrame, pose: np.ndarray) -> None:
-        from gs_reasoner_ros.scene_memory import Frame
-
-        p = self.p
-        self._check_relocalization(f.stamp, pose)
-        self._last_poses.append((f.stamp, pose))
-        try:
-            frame = Frame(rgb=f.rgb, depth=f.depth, K=f.k, pose=pose, stamp=f.stamp)
-            self.voxel_map.integrate_frame(frame, stride=p.map_stride)
-            if self.keyframes.offer(frame) and self.preparer is not None:
-                self.preparer.submit(frame, self.keyframes.frame_id(frame))
-        except Exception as err:  # noqa: BLE001
-            self._reject("frame integration", err)
-            return
-        self._map_version += 1
-        self._newest_integrated = max(self._newest_integrated, f.stamp)
-        self.health.count("integrated")
-
-    def _check_relocalization(self, stamp: float, pose: np.ndarray) -> None:
-        """A pose jump between consecutive frames is the localiser correcting world_frame, not
-        motion: clear or re-anchor the memory (relocalization_action) instead of fusing both."""
-        p = self.p
-        if not self._last_poses or not 0.0 <= stamp - self._last_poses[-1][0] <= RELOCALIZATION_WINDOW_S:
-            return
-        last_stamp, last = self._last_poses[-1]
-        moved = float(np.linalg.norm(pose[:3, 3] - last[:3, 3]))
-        turned = _angle_deg(np.linalg.inv(last) @ pose)
-        if not ((0 < p.relocalization_jump_m < moved) or (0 < p.relocalization_jump_deg < turned)):
-            return
-        n = self.health.count("relocalizations")
-        why = f"camera pose jumped {moved:.2f} m / {turned:.0f} deg in {stamp - last_stamp:.2f} s"
-        if p.relocalization_action == "reanchor":
-            delta = pose @ np.linalg.inv(self._predicted_pose(stamp))  # old world -> new world
-            self.voxel_map.transform(delta)
-            self.keyframes.transform(delta)
-        else:
-            self.voxel_map.clear()
-            self.keyframes.clear()
-        self._map_version += 1
-        self.health.set("last_relocalization", f"{why}: {p.relocalization_action}")
-        self.get_logger().warning(f"relocalisation ({n} so far): {why}; map and keyframes "
-                                  f"{'re-anchored' if p.relocalization_action == 'reanchor' else 'cleared'}")
-
-    def _predicted_pose(self, stamp: float) -> np.ndarray:
-        """Where the camera would be at `stamp` in the old world frame: the last pose moved on at
-        the last frames' velocity (constant twist), or the last pose when there is no history."""
-        (s0, a), (s1, b) = self._last_poses[0], self._last_poses[-1]
-        if len(self._last_poses) < 2 or not 0 < s1 - s0 <= RELOCALIZATION_WINDOW_S:
-            return b
-        k = min((stamp - s1) / (s1 - s0), 4.0)
-        return b @ _scaled_motion(np.linalg.inv(a) @ b, k)  # the last step, in the camera's own frame
-
-    def _new_timeline(self, why: str, stamp: float) -> None:
-        """Time went back to `stamp`: drop what belongs to the old timeline (anything stamped
-        after stamp + time_jump_reset_s: TF samples, synchronizer queues, frames waiting for
-        TF) so two timelines never mix, and the map and keyframes per time_jump_clear_map.
-        New-timeline messages that other inputs delivered first are kept."""
-        with self._intake_lock:
-            p = self.p
-            now, last = time.monotonic(), self._last_reset
-            if last is not None and abs(stamp - last[0]) <= p.time_jump_reset_s and now - last[1] < 1.0:
-                return  # the same jump, seen first on another input or TF edge
-            self._last_reset = (stamp, now)
-            cutoff = stamp + p.time_jump_reset_s
-            self.get_logger().warning(f"{why}: starting a new timeline (time_jump_reset_s): TF history, "
-                                      f"synchronizer queues and frames waiting for TF after {cutoff:.3f}"
-                                      f"{', the map and keyframes' if p.time_jump_clear_map else ''} dropped")
-            self.health.count("time_jump_resets")
-            self.health.set("last_time_jump", why)
-            if self.tf is not None:
-                self.tf.drop_after(cutoff)
-            self._drop_sync_after(cutoff)
-            if self._pending:
-                self._pending = collections.deque(e for e in self._pending if e[0].stamp <= cutoff)
-            with self._inbox_cv:
-                kept = [m for m in self._inbox if conversions.stamp_to_sec(m[1].header.stamp) <= cutoff]
-                self._inbox.clear()
-                self._inbox.extend(kept)
-            with self._timeline_lock:
-                self._newest_input, self._newest_tf = {}, {}
-            self._last_poses.clear()
-            if self.keyframes is None:
-                return
-            if p.time_jump_clear_map:
-                self.voxel_map.clear()
-                self.keyframes.clear()
-                self._map_version += 1
-                self._newest_integrated = 0.0
-            else:
-                self.keyframes.new_timeline()
+        if self._active and self.intake is not None:
+            self.intake.submit((color, depth, info), conversions.stamp_to_sec(depth.header.stamp))
 
     def _drop_sync_after(self, cutoff: float) -> None:
         sync = self._sync
@@ -544,73 +339,63 @@ class ReasonerNode(LifecycleNode):
     def _on_clock_jump(self, jump) -> None:
         try:
             now = self.get_clock().now().nanoseconds * 1e-9
-            self._new_timeline(f"the ROS clock jumped back {-jump.delta.nanoseconds * 1e-9:.1f} s", now)
+            if self.intake is not None:
+                self.intake.new_timeline(f"the ROS clock jumped back {-jump.delta.nanoseconds * 1e-9:.1f} s", now)
         except Exception as err:  # noqa: BLE001 (never raise into rclpy's clock)
             self.get_logger().error(f"resetting after a clock jump failed: {err}")
 
     def _on_tf(self, msg: TFMessage, static: bool = False) -> None:
-        tf, p = self.tf, self.p
-        if tf is None:
+        tf, intake = self.tf, self.intake
+        if tf is None or intake is None:
             return
         for ts in msg.transforms:
             try:
                 stamp = conversions.stamp_to_sec(ts.header.stamp)
-                if not static and p.time_jump_reset_s > 0:
-                    self._check_tf_stamp(ts.child_frame_id, stamp, p.time_jump_reset_s)
+                if not static:
+                    intake.observe_stamp("tf", ts.child_frame_id, stamp)
                 t, r = ts.transform.translation, ts.transform.rotation
                 tf.set_transform(ts.header.frame_id.lstrip("/"), ts.child_frame_id.lstrip("/"), stamp,
                                  (t.x, t.y, t.z), (r.x, r.y, r.z, r.w), static=static)
             except Exception as err:  # noqa: BLE001
                 n = self.health.count("tf_invalid")
-                self._log_throttled("warning", f"ignored a transform {ts.header.frame_id!r} -> "
-                                    f"{ts.child_frame_id!r}: {err} ({n} so far)", WARN_THROTTLE_S)
+                self.report.throttled("warning", f"ignored a transform {ts.header.frame_id!r} -> "
+                                      f"{ts.child_frame_id!r}: {err} ({n} so far)")
         self.health.count("tf")
-
-    def _check_tf_stamp(self, child: str, stamp: float, threshold: float) -> None:
-        """Per edge: localisers legitimately publish older stamps than odometry does."""
-        with self._timeline_lock:
-            newest = self._newest_tf.get(child)
-            jumped = newest is not None and stamp < newest - threshold
-            if len(self._newest_tf) >= MAX_TRACKED_TF_EDGES and child not in self._newest_tf:
-                self._newest_tf = {}
-            self._newest_tf[child] = stamp if newest is None or jumped else max(stamp, newest)
-        if jumped:
-            self._new_timeline(f"TF stamps of {child!r} jumped back {newest - stamp:.1f} s", stamp)
-            with self._timeline_lock:
-                self._newest_tf[child] = stamp
 
     # ---- outputs --------------------------------------------------------------------
 
     def _publish_map(self) -> None:
         try:
-            if self.voxel_map is None or self._map_version == self._published_version:
+            intake = self.intake
+            if intake is None or intake.version == self._published_version:
                 return
-            version = self._map_version
+            version = intake.version
             pts, cols = self.voxel_map.snapshot()
-            stamp = self._newest_integrated or self.get_clock().now().nanoseconds * 1e-9
+            stamp = intake.newest_stamp or self.get_clock().now().nanoseconds * 1e-9
             self._pubs["map"].publish(conversions.cloud_msg(pts, cols, stamp, self.p.world_frame))
             self._published_version = version
         except Exception as err:  # noqa: BLE001
-            self._log_throttled("error", f"map publishing failed: {err}", WARN_THROTTLE_S)
+            self.report.throttled("error", f"map publishing failed: {err}")
 
     def _publish_diagnostics(self) -> None:
         try:
-            if self.keyframes is not None:
+            intake = self.intake
+            if intake is not None:
                 self.health.set("keyframes", len(self.keyframes))
                 self.health.set("map_points", len(self.voxel_map))
-                self.health.set("newest_integrated_stamp", round(self._newest_integrated, 3))
+                self.health.set("newest_integrated_stamp", round(intake.newest_stamp, 3))
             last = self._last_synced_wall
             self.health.set("last_frame_age_s", "never" if last is None else round(time.monotonic() - last, 2))
             self.health.set("input_gap_s", self.p.input_gap_s)
             self.health.set("query_running", bool(self.worker and self.worker.busy))
-            self.health.set("intake_waiting", len(self._inbox))
+            self.health.set("intake_waiting", intake.waiting if intake is not None else 0)
             if self._sync is not None:  # the system message_filters does not count its drops
                 self.health.set("sync_dropped_total", getattr(self._sync, "dropped", "n/a"))
             arr = diagnostic_array(self.get_name(), self.get_clock().now().to_msg(), self.health.snapshot(),
                                    self._active)
             self._pubs["diagnostics"].publish(arr)
         except Exception as err:  # noqa: BLE001
-            self._log_throttled("error", f"diagnostics failed: {err}", WARN_THROTTLE_S)
+            self.report.throttled("error", f"diagnostics failed: {err}")
 
     def _publish_markers(self, outcome: QueryOutcome) -> None:
         stamp = outcome.stamp if outcome.stamp is not None else self.get_clock().now().nanoseconds * 1e-9
@@ -618,13 +403,13 @@ class ReasonerNode(LifecycleNode):
 
     # ---- services -------------------------------------------------------------------
 
-    def _query(self, prepare, *args) -> QueryOutcome:
-        """Validate in the service thread, run the model on the worker, publish markers."""
+    def _query(self, prepare) -> QueryOutcome:
+        """Validate in the service thread (against this moment's limits, which travel with the
+        request), run the model on the worker, publish markers."""
         engine, worker = self.engine, self.worker
         if engine is None or worker is None:
             return QueryOutcome(False, self._not_configured())
-        engine.limits = self._limits()
-        request = prepare(engine, *args)
+        request = prepare(engine, self._limits())
         if isinstance(request, QueryOutcome):
             outcome = request
         else:
@@ -645,42 +430,29 @@ class ReasonerNode(LifecycleNode):
             except Exception as err:  # noqa: BLE001
                 self.get_logger().error(f"markers failed: {err}")
         else:
-            self._log_throttled("warning", f"query failed: {outcome.message}", 1.0)
+            self.report.throttled("warning", f"query failed: {outcome.message}", 1.0)
         return outcome
 
     def _fill(self, resp, outcome: QueryOutcome):
-        resp.success, resp.message = outcome.success, outcome.message
-        resp.objects = [conversions.grounded_object_msg(o) for o in outcome.objects]
-        stamp = outcome.stamp if outcome.stamp is not None else self.get_clock().now().nanoseconds * 1e-9
-        resp.header = conversions.header(self.p.world_frame, stamp)
-        resp.keyframes_used, resp.latency_s = int(outcome.keyframes_used), float(outcome.latency_s)
-        return resp
+        return conversions.fill_query_response(resp, outcome, self.p.world_frame,
+                                               self.get_clock().now().nanoseconds * 1e-9)
 
     def _srv_ask(self, req, resp):
-        outcome = self._query(lambda e: e.prepare_ask(req.question, list(req.options), req.direct,
-                                                      req.max_new_tokens))
+        outcome = self._query(lambda e, limits: e.prepare_ask(req.question, list(req.options), req.direct,
+                                                              req.max_new_tokens, limits))
         resp.answer, resp.reasoning = outcome.answer, outcome.reasoning
         return self._fill(resp, outcome)
 
     def _srv_ground(self, req, resp):
-        outcome = self._query(lambda e: e.prepare_ground(req.description, req.max_new_tokens))
+        outcome = self._query(lambda e, limits: e.prepare_ground(req.description, req.max_new_tokens, limits))
         return self._fill(resp, outcome)
 
     def _srv_clear(self, req, resp):
-        if self.keyframes is None:
+        intake = self.intake
+        if intake is None:
             resp.success, resp.message = False, self._not_configured()
             return resp
-        with self._intake_lock:
-            n_kf, n_pts = len(self.keyframes), len(self.voxel_map)
-            self.keyframes.clear()
-            self.voxel_map.clear()
-            if self._pending is not None:
-                self._pending.clear()
-            with self._inbox_cv:
-                self._inbox.clear()
-            self._map_version += 1
-            self._newest_integrated = 0.0
-            self._last_poses.clear()
+        n_kf, n_pts = intake.clear()
         self._publish_markers(QueryOutcome(True))
         resp.success, resp.message = True, f"cleared {n_kf} keyframes and {n_pts} map points"
         return resp
@@ -691,7 +463,7 @@ class ReasonerNode(LifecycleNode):
             resp.message = self._not_configured()
             return resp
         try:
-            path = export_scene(self.keyframes, self.p.export_root, req.name, self.engine.alignment())
+            path = export_scene(self.keyframes, self.p.export_root, req.name, self.engine.alignment(self._limits()))
             resp.success, resp.message, resp.path = True, "", str(path)
         except Exception as err:  # noqa: BLE001 (a refused name or a disk error is the caller's answer)
             resp.message = str(err)
@@ -699,28 +471,6 @@ class ReasonerNode(LifecycleNode):
 
 
 # ---- process entry ---------------------------------------------------------------------
-
-def _scaled_motion(T: np.ndarray, k: float) -> np.ndarray:
-    """The rigid motion T taken k times (rotation angle and translation scaled by k); identity
-    for rotations near 180 degrees, where the axis is ill-defined (no frame turns that far)."""
-    out = np.eye(4)
-    theta = np.radians(_angle_deg(T))
-    if theta > 2.5:
-        return out
-    if theta > 1e-9:
-        R = T[:3, :3]
-        axis = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]]) / (2.0 * np.sin(theta))
-        x = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-        a = k * theta
-        out[:3, :3] = np.eye(3) + np.sin(a) * x + (1 - np.cos(a)) * (x @ x)
-    out[:3, 3] = k * T[:3, 3]
-    return out
-
-
-def _angle_deg(T: np.ndarray) -> float:
-    """Rotation angle of a rigid transform, degrees."""
-    return float(np.degrees(np.arccos(np.clip((np.trace(T[:3, :3]) - 1.0) / 2.0, -1.0, 1.0))))
-
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt

@@ -1,6 +1,7 @@
 """A small TF buffer: the transform tree over time, looked up at an exact stamp.
 
-tf2_ros is not on PyPI, so this is the node's own (numpy only, no rclpy): a child -> parent
+tf2_ros is not on PyPI, so this is the node's own (numpy only, no rclpy; on a real ROS 2
+install gs_reasoner_ros.ros.tf puts tf2_ros's buffer behind the same interface): a child -> parent
 graph, a time-sorted history per dynamic edge trimmed to a cache window, static edges valid
 at every time, linear interpolation of translation and slerp of rotation between the two
 samples around the stamp, and chain lookup through the lowest common ancestor. It never
@@ -45,7 +46,7 @@ class _Edge:
     rotations: list = field(default_factory=list)  # xyzw unit quaternions
 
 
-def _validated(translation, quat_xyzw) -> tuple[np.ndarray, np.ndarray]:
+def validated_transform(translation, quat_xyzw) -> tuple[np.ndarray, np.ndarray]:
     t = np.asarray(translation, dtype=np.float64).reshape(3)
     q = np.asarray(quat_xyzw, dtype=np.float64).reshape(4)
     if not (np.all(np.isfinite(t)) and np.all(np.isfinite(q))):
@@ -83,7 +84,7 @@ class TfBuffer:
         """Add T_parent_child at `stamp` (seconds). ValueError on bad frames or values."""
         if not parent or not child or parent == child:
             raise ValueError(f"bad frame pair parent={parent!r} child={child!r}")
-        t, q = _validated(translation, quat_xyzw)
+        t, q = validated_transform(translation, quat_xyzw)
         with self._lock:
             edge = self._edges.get(child)
             if edge is None or edge.parent != parent or edge.static != static:
@@ -188,57 +189,3 @@ class TfBuffer:
         a = (stamp - s[i - 1]) / (s[i] - s[i - 1])
         t = (1 - a) * e.translations[i - 1] + a * e.translations[i]
         return geometry.make_transform(t, slerp(e.rotations[i - 1], e.rotations[i], a))
-
-
-class Tf2RosBuffer:
-    """The same interface over tf2_ros.Buffer, used where a real ROS 2 install provides it."""
-
-    def __init__(self, cache_time_s: float = 10.0):
-        import tf2_ros
-        from rclpy.duration import Duration
-
-        self._tf2 = tf2_ros
-        self._buffer = tf2_ros.Buffer(cache_time=Duration(seconds=cache_time_s))
-        self.cache_time_s = float(cache_time_s)
-
-    def set_transform(self, parent, child, stamp, translation, quat_xyzw, static=False) -> None:
-        from geometry_msgs.msg import TransformStamped
-
-        from gs_reasoner_ros.ros.conversions import sec_to_stamp
-
-        t, q = _validated(translation, quat_xyzw)
-        msg = TransformStamped()
-        msg.header.frame_id, msg.child_frame_id, msg.header.stamp = parent, child, sec_to_stamp(stamp)
-        msg.transform.translation.x, msg.transform.translation.y, msg.transform.translation.z = map(float, t)
-        r = msg.transform.rotation
-        r.x, r.y, r.z, r.w = map(float, q)
-        if static:
-            self._buffer.set_transform_static(msg, "gs_reasoner")
-        else:
-            self._buffer.set_transform(msg, "gs_reasoner")
-
-    def clear(self, static_too: bool = False) -> None:
-        self._buffer.clear()
-
-    def drop_after(self, stamp: float) -> None:
-        self._buffer.clear()  # tf2 cannot drop part of a history: start afresh
-
-    def lookup(self, target: str, source: str, stamp: float) -> np.ndarray:
-        from rclpy.time import Time
-
-        try:
-            ts = self._buffer.lookup_transform(target, source, Time(nanoseconds=int(round(stamp * 1e9))))
-        except self._tf2.ExtrapolationException as err:
-            raise ExtrapolationError(str(err), future=True) from err
-        except (self._tf2.LookupException, self._tf2.ConnectivityException) as err:
-            raise ConnectivityError(str(err)) from err
-        tr, r = ts.transform.translation, ts.transform.rotation
-        return geometry.make_transform(np.array([tr.x, tr.y, tr.z]), np.array([r.x, r.y, r.z, r.w]))
-
-
-def make_buffer(cache_time_s: float):
-    """tf2_ros's buffer on a real ROS 2 install, else this module's own."""
-    try:
-        return Tf2RosBuffer(cache_time_s)
-    except ImportError:
-        return TfBuffer(cache_time_s)

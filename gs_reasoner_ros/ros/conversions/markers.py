@@ -14,7 +14,7 @@ from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
 from gs_reasoner_ros import geometry
-from gs_reasoner_ros.ros.conversions import header
+from gs_reasoner_ros.ros.conversions.stamps import header
 
 BOX_NS, LABEL_NS = "boxes", "labels"
 LINE_WIDTH = 0.02

@@ -1,5 +1,6 @@
-"""What the node's services do, without ROS: validate a request, align the remembered scene,
-ask the model, and put its boxes back into the world frame; export keyframes safely.
+"""What the node's ~/ask and ~/ground do, without ROS: validate a request once (against the
+limits it carries), align the remembered scene, ask the model, and put its boxes back into the
+world frame.
 
 The node only converts requests and results to and from messages. Nothing here raises for a
 bad request: every outcome is a QueryOutcome with success and a message saying why.
@@ -7,26 +8,21 @@ bad request: every outcome is a QueryOutcome with success and a message saying w
 from __future__ import annotations
 
 import logging
-import os
-import re
 import sys
 import time
-import unicodedata
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from gs_reasoner_ros import geometry
+from gs_reasoner_ros.questions import MAX_OPTIONS, clean_text
 
 log = logging.getLogger(__name__)
 
 UNTRAINED_NOTE = ("WARNING: the model weights are untrained (no checkpoint was given), so answers and "
                   "boxes are meaningless; set the checkpoint parameter to a GS-Reasoner folder")
 MIN_ALIGNMENT_POINTS = 500  # fewer map points than this say nothing about walls
-MAX_OPTIONS = 26  # A-Z
 GRAVITY_WARN_DEG = 35.0  # cameras pitch and roll; beyond this the world's z is not up
-EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass
@@ -63,19 +59,6 @@ class QueryLimits:
     align_to_walls: bool = True
 
 
-def clean_text(text: str, limit: int, what: str) -> str:
-    """Strip, drop control characters other than newline/tab, enforce the length limit.
-    (Special-token neutralisation is the prompt builder's job, on the exact ids.)"""
-    if not isinstance(text, str):
-        raise ValueError(f"{what} must be text")
-    if len(text) > limit:
-        raise ValueError(f"{what} has {len(text)} characters; the limit is {limit} (max_question_chars)")
-    text = "".join(c for c in text if c in "\n\t" or unicodedata.category(c)[0] != "C").strip()
-    if not text:
-        raise ValueError(f"{what} is empty")
-    return text
-
-
 def token_budget(requested: int, limits: QueryLimits) -> tuple[int | None, str]:
     """(budget, note): 0 asks for the default (None: the model's per-task one); more than
     the limit is clamped, with a note."""
@@ -89,43 +72,49 @@ def token_budget(requested: int, limits: QueryLimits) -> tuple[int | None, str]:
 
 @dataclass
 class QueryRequest:
-    """A validated request, ready for the model."""
+    """A validated request, ready for the model, with the limits it was validated against."""
 
     text: str
     options: list[str]
     task: str  # "spatial" (grounded chain of thought), "qa" (direct) or "ground"
     max_new_tokens: int = 0
+    limits: QueryLimits = field(default_factory=QueryLimits)
 
 
 class QueryEngine:
     """Answers ~/ask and ~/ground over a keyframe store and a voxel map with a reasoner.
-    prepare_* validate (cheap, any thread); run() calls the model (the worker thread)."""
+    prepare_* validate (cheap, any thread) against the limits given, else `default_limits`;
+    run() calls the model (the worker thread) within the limits the request carries."""
 
-    def __init__(self, reasoner, keyframes, voxel_map, limits: QueryLimits):
-        self.reasoner, self.keyframes, self.voxel_map, self.limits = reasoner, keyframes, voxel_map, limits
+    def __init__(self, reasoner, keyframes, voxel_map, default_limits: QueryLimits | None = None):
+        self.reasoner, self.keyframes, self.voxel_map = reasoner, keyframes, voxel_map
+        self.default_limits = default_limits or QueryLimits()
         self._alignment: tuple[int, np.ndarray] | None = None  # (keyframes.version, A)
 
-    def prepare_ask(self, question: str, options=(), direct: bool = False,
-                    max_new_tokens: int = 0) -> QueryRequest | QueryOutcome:
+    def prepare_ask(self, question: str, options=(), direct: bool = False, max_new_tokens: int = 0,
+                    limits: QueryLimits | None = None) -> QueryRequest | QueryOutcome:
+        limits = limits or self.default_limits
         try:
-            q = clean_text(question, self.limits.max_question_chars, "question")
+            q = clean_text(question, limits.max_question_chars, "question")
             if len(options) > MAX_OPTIONS:
                 raise ValueError(f"{len(options)} options; at most {MAX_OPTIONS} are accepted")
-            opts = [clean_text(o, self.limits.max_question_chars, f"option {i + 1}") for i, o in enumerate(options)]
+            opts = [clean_text(o, limits.max_question_chars, f"option {i + 1}") for i, o in enumerate(options)]
             total = len(q) + sum(map(len, opts))
-            if total > self.limits.max_question_chars:
+            if total > limits.max_question_chars:
                 raise ValueError(f"question and options have {total} characters; the limit is "
-                                 f"{self.limits.max_question_chars} (max_question_chars)")
+                                 f"{limits.max_question_chars} (max_question_chars)")
         except ValueError as err:
             return QueryOutcome(False, str(err))
-        return QueryRequest(q, opts, "qa" if direct else "spatial", int(max_new_tokens))
+        return QueryRequest(q, opts, "qa" if direct else "spatial", int(max_new_tokens), limits)
 
-    def prepare_ground(self, description: str, max_new_tokens: int = 0) -> QueryRequest | QueryOutcome:
+    def prepare_ground(self, description: str, max_new_tokens: int = 0,
+                       limits: QueryLimits | None = None) -> QueryRequest | QueryOutcome:
+        limits = limits or self.default_limits
         try:
-            d = clean_text(description, self.limits.max_question_chars, "description")
+            d = clean_text(description, limits.max_question_chars, "description")
         except ValueError as err:
             return QueryOutcome(False, str(err))
-        return QueryRequest(d, [], "ground", int(max_new_tokens))
+        return QueryRequest(d, [], "ground", int(max_new_tokens), limits)
 
     def ask(self, question: str, options=(), direct: bool = False, max_new_tokens: int = 0) -> QueryOutcome:
         req = self.prepare_ask(question, options, direct, max_new_tokens)
@@ -135,13 +124,13 @@ class QueryEngine:
         req = self.prepare_ground(description, max_new_tokens)
         return req if isinstance(req, QueryOutcome) else self.run(req)
 
-    def alignment(self) -> np.ndarray:
+    def alignment(self, limits: QueryLimits | None = None) -> np.ndarray:
         """World -> model frame for the current map (identity when disabled or too few points).
 
         Estimated again only when the keyframes changed: the map keeps growing while the camera
         streams, and an alignment that moved by a hair would make the model encode the same
         keyframes again, where a follow-up question reuses their visual tokens and prompt."""
-        if not self.limits.align_to_walls:
+        if not (limits or self.default_limits).align_to_walls:
             return np.eye(4)
         version = self.keyframes.version
         if self._alignment is not None and self._alignment[0] == version:
@@ -156,7 +145,8 @@ class QueryEngine:
     def run(self, req: QueryRequest) -> QueryOutcome:
         """Align the scene, ask the model, put its boxes into the world frame."""
         t0 = time.monotonic()
-        budget, note = token_budget(req.max_new_tokens, self.limits)
+        limits = req.limits
+        budget, note = token_budget(req.max_new_tokens, limits)
         notes = [note] if note else []
         if getattr(self.reasoner, "untrained", False):
             notes.append(UNTRAINED_NOTE)
@@ -164,8 +154,8 @@ class QueryEngine:
             return QueryOutcome(False, "; ".join(["no keyframes yet: the node has not received any posed "
                                                   "RGB-D frame (check the camera topics and TF)"] + notes))
         try:
-            A = self.alignment()
-            scene = self.keyframes.to_scene(self.limits.num_frames, A)
+            A = self.alignment(limits)
+            scene = self.keyframes.to_scene(limits.num_frames, A)
             notes += _gravity_notes(scene.poses)
             result = self.reasoner.answer(scene, req.text, options=tuple(req.options), task=req.task,
                                           max_new_tokens=budget)
@@ -208,30 +198,3 @@ def _release_accelerator_memory(err: Exception) -> None:
             torch.cuda.empty_cache()
     except Exception:  # noqa: BLE001 (best effort)
         pass
-
-
-def export_target(export_root: str | os.PathLike, name: str) -> Path:
-    """The folder export_root/name for ~/export_scene, or ValueError when the name is not a
-    plain new folder name inside export_root (slashes, '..', absolute paths, symlinks out)."""
-    if not isinstance(name, str) or not EXPORT_NAME.match(name) or name in (".", ".."):
-        raise ValueError(f"export name {name!r} must be a plain folder name: letters, digits, '.', '_', '-', "
-                         "starting with a letter or digit, at most 128 characters")
-    root = Path(export_root).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    root_real = root.resolve(strict=True)
-    target = root_real / name
-    if os.path.lexists(target):
-        raise ValueError(f"{target} already exists; choose another name")
-    if target.resolve().parent != root_real:
-        raise ValueError(f"{name!r} resolves outside export_root {root_real}")
-    return target
-
-
-def export_scene(keyframes, export_root, name: str, axis_align: np.ndarray | None = None) -> Path:
-    """Write every keyframe under export_root/name in the processed-data layout."""
-    if len(keyframes) == 0:
-        raise ValueError("no keyframes to export yet")
-    target = export_target(export_root, name)
-    target.mkdir()  # claims the name now (fails if it appeared meanwhile), before any slow work
-    scene = keyframes.to_scene(len(keyframes), np.eye(4) if axis_align is None else axis_align)
-    return scene.save_processed(target)
