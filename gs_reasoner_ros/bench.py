@@ -794,9 +794,9 @@ def _mapping_frames(n_synth: int) -> dict:
 def _integration_ms(frames: list, device: str, repeats: int) -> float:
     """Median ms to integrate one frame into a 2 cm map; the first pass inserts new voxels,
     later passes merge into existing ones (a robot revisiting the room)."""
-    from gs_reasoner_ros.scene_memory import VoxelMap
+    from gs_reasoner_ros.scene_memory import make_voxel_map
 
-    vmap = VoxelMap(voxel_size=0.02, device=device)
+    vmap = make_voxel_map(voxel_size=0.02, device=device)
     vmap.integrate_frame(frames[0])  # allocator and ray-table warm-up
     vmap.clear()
     times = []
@@ -827,9 +827,9 @@ def _intake(frames: list, rate_hz: float, duration_s: float) -> dict:
     integrates them into the map and offers them to the keyframe store while another runs a
     busy model call."""
     from gs_reasoner_ros.ros.params import BY_NAME
-    from gs_reasoner_ros.scene_memory import Frame, KeyframeStore, VoxelMap
+    from gs_reasoner_ros.scene_memory import Frame, KeyframeStore, make_voxel_map
 
-    vmap, keyframes = VoxelMap(voxel_size=0.02), KeyframeStore()
+    vmap, keyframes = make_voxel_map(voxel_size=0.02), KeyframeStore()
     inbox: queue.Queue = queue.Queue(maxsize=BY_NAME["intake_queue_size"].default)
     stop_busy, done = threading.Event(), threading.Event()
     counts = dict(sent=0, dropped=0, integrated=0)

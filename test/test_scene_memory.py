@@ -10,7 +10,7 @@ import pytest
 
 from gs_reasoner_ros import geometry as g
 from gs_reasoner_ros.scene import load_3dmatch
-from gs_reasoner_ros.scene_memory import Frame, KeyframeStore, TorchVoxelMap, VoxelMap
+from gs_reasoner_ros.scene_memory import Frame, KeyframeStore, TorchVoxelMap, VoxelMap, make_voxel_map
 from gs_reasoner_ros.synthetic import synthetic_scene
 
 
@@ -529,8 +529,8 @@ def test_cuda_device_request():
     import torch
 
     if torch.cuda.is_available():
-        vm = VoxelMap(0.02, device="cuda")
+        vm = make_voxel_map(0.02, device="cuda")
         assert isinstance(vm, TorchVoxelMap) and vm.device.startswith("cuda")
     else:
         with pytest.raises(ValueError, match="no CUDA device"):
-            VoxelMap(0.02, device="cuda")
+            make_voxel_map(0.02, device="cuda")

@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed")
 
-from gs_reasoner_ros import voxel_kernels  # noqa: E402
+from gs_reasoner_ros.scene_memory import voxel_kernels  # noqa: E402
 from gs_reasoner_ros.scene import load_3dmatch  # noqa: E402
 from gs_reasoner_ros.scene_memory import Frame, TorchVoxelMap, VoxelMap  # noqa: E402
 from gs_reasoner_ros.synthetic import synthetic_scene  # noqa: E402
@@ -87,9 +87,9 @@ def integrate_both(frames, stride=1, **kwargs):
 
 
 def test_inactive_lanes_never_match_a_table_entry():
-    from gs_reasoner_ros import scene_memory as sm
+    from gs_reasoner_ros.scene_memory import voxel_keys as sm
 
-    assert voxel_kernels.NEVER not in (sm._EMPTY, sm._GONE) and voxel_kernels.NEVER < 0
+    assert voxel_kernels.NEVER not in (sm.EMPTY, sm.GONE) and voxel_kernels.NEVER < 0
 
 
 def test_real_frames_in_a_row_match_numpy(rgbd_3dmatch):
@@ -278,7 +278,7 @@ def test_module_imports_without_triton(monkeypatch):
     """With triton absent the module still imports, says so, and the map keeps its torch path."""
     monkeypatch.setitem(sys.modules, "triton", None)
     monkeypatch.setitem(sys.modules, "triton.language", None)
-    spec = importlib.util.spec_from_file_location("gs_reasoner_ros._voxel_kernels_without_triton",
+    spec = importlib.util.spec_from_file_location("gs_reasoner_ros.scene_memory._voxel_kernels_without_triton",
                                                   voxel_kernels.__file__)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

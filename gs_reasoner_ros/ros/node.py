@@ -122,14 +122,14 @@ class ReasonerNode(LifecycleNode):
         return 4 + 1 + self.p.query_queue_size
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        from gs_reasoner_ros.scene_memory import KeyframeStore, VoxelMap
+        from gs_reasoner_ros.scene_memory import KeyframeStore, make_voxel_map
 
         self.p = self._loaded_p = p = params.read(self)
         self._configure_error = ""
         self.health.set("configure_error", "")
         try:
-            self.voxel_map = VoxelMap(voxel_size=p.voxel_size, max_voxels=p.max_voxels, eviction=p.map_eviction,
-                                      device=p.map_device)
+            self.voxel_map = make_voxel_map(voxel_size=p.voxel_size, max_voxels=p.max_voxels,
+                                            eviction=p.map_eviction, device=p.map_device)
             self.keyframes = KeyframeStore(
                 max_keyframes=p.max_keyframes, min_translation=p.keyframe_min_translation_m,
                 min_rotation_deg=p.keyframe_min_rotation_deg, min_interval_s=p.keyframe_min_interval_s,

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     import torch
     import triton
 
-    from gs_reasoner_ros import voxel_kernels
+    from gs_reasoner_ros.scene_memory import voxel_kernels
 
     frames, source = load_frames(args.synthetic)
     result = dict(device=torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
@@ -159,7 +159,7 @@ def under_load(frames, args, own_stream: bool) -> float:
 
 def uploads(frames, args, pinned: bool) -> float:
     """Median ms to put one frame's depth, colour and params on the device."""
-    from gs_reasoner_ros import voxel_kernels
+    from gs_reasoner_ros.scene_memory import voxel_kernels
 
     vmap = new_map(args, True, pinned)
     times = []
@@ -200,7 +200,7 @@ class Marks:
 
 def kernels_alone(frames, args) -> dict:
     """Median ms of the two kernels on frames already on the device."""
-    from gs_reasoner_ros import voxel_kernels as vk
+    from gs_reasoner_ros.scene_memory import voxel_kernels as vk
 
     vmap = new_map(args)
     vmap.integrate_frame(frames[0], args.stride)

@@ -27,8 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .scene_memory import _BITS as BITS, _EMPTY as EMPTY, _FIELD as FIELD, _FRAC as FRAC
-from .scene_memory import _HASH_MUL_SIGNED as HASH_MUL_SIGNED, _OFFSET as OFFSET
+from .voxel_keys import BITS, EMPTY, FIELD, FRAC, HASH_MUL_SIGNED, OFFSET
 
 try:
     import triton
