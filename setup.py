@@ -18,7 +18,7 @@ setup(
     entry_points={
         "console_scripts": [
             "reasoner_node = gs_reasoner_ros.ros.node:main",
-            "gs-reasoner = gs_reasoner_ros.cli:main",
+            "gs-reasoner = gs_reasoner_ros.tools.cli:main",
         ]
     },
 )

@@ -4,5 +4,5 @@
 set -euo pipefail
 : "${CHECKPOINT:?set CHECKPOINT to the model folder}" "${DATA:?set DATA to the vsibench file}"
 DATA_ROOT=${DATA_ROOT:-data/processed_data}
-exec python -m gs_reasoner_ros.cli eval --task vsibench --checkpoint "$CHECKPOINT" --data "$DATA" \
+exec python -m gs_reasoner_ros.tools.cli eval --task vsibench --checkpoint "$CHECKPOINT" --data "$DATA" \
   --data-root "$DATA_ROOT" --frames 32 --device "${DEVICE:-cuda}" --dtype "${DTYPE:-bfloat16}" "$@"

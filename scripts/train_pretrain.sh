@@ -16,6 +16,6 @@ args=(train --stage pretrain --checkpoint "$CHECKPOINT" --data "$DATA" --data-ro
       --lr 1e-5 --dual-path-lr 1e-4 --global-batch 16 --frames 16 48 --warmup-ratio 0.03 --epochs 1
       --save-steps 500 --bf16 --gradient-checkpointing)
 if [ "$NPROC" -gt 1 ]; then
-  exec torchrun --standalone --nproc-per-node "$NPROC" -m gs_reasoner_ros.cli "${args[@]}" "$@"
+  exec torchrun --standalone --nproc-per-node "$NPROC" -m gs_reasoner_ros.tools.cli "${args[@]}" "$@"
 fi
-exec python -m gs_reasoner_ros.cli "${args[@]}" "$@"
+exec python -m gs_reasoner_ros.tools.cli "${args[@]}" "$@"

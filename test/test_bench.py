@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from gs_reasoner_ros import cli
-from gs_reasoner_ros.bench import GPU_KEYS
+from gs_reasoner_ros.tools import cli
+from gs_reasoner_ros.tools.bench import GPU_KEYS
 
 
 def run_json(capsys, *argv) -> dict:

@@ -60,7 +60,7 @@ def test_bad_eval_input(data):
 
 
 def test_cli_runs_a_tiny_checkpoint(data, tmp_path, capsys):
-    from gs_reasoner_ros.cli import main
+    from gs_reasoner_ros.tools.cli import main
     from gs_reasoner_ros.model.tiny import build_tiny_checkpoint
 
     ckpt = build_tiny_checkpoint(tmp_path / "ckpt", seed=0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gs_reasoner_ros import cli
+from gs_reasoner_ros.tools import cli
 from gs_reasoner_ros import geometry as g
-from gs_reasoner_ros.export import export_scene
+from gs_reasoner_ros.tools.export_scene import export_scene
 from gs_reasoner_ros.scene import Scene
 from gs_reasoner_ros.scene_memory import Frame, KeyframeStore
 from gs_reasoner_ros.synthetic import synthetic_scene

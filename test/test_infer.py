@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from gs_reasoner_ros.cli import main
+from gs_reasoner_ros.tools.cli import main
 from gs_reasoner_ros.reasoning import IMAGE_TOKEN_INDEX, parse_output, prompt_ids
 
 pytest.importorskip("gs_reasoner_ros.model.tiny", reason="the model package's tiny builder is not in the tree yet")

@@ -12,7 +12,7 @@ from gs_reasoner_ros.visualization import read_ply  # noqa: E402
 @pytest.mark.timeout(120)
 def test_demo_runs_and_writes_the_picture_and_the_map(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "gs_reasoner_ros.cli", "demo", "--output", str(out),
+    proc = subprocess.run([sys.executable, "-m", "gs_reasoner_ros.tools.cli", "demo", "--output", str(out),
                            "--frames", "10", "--real-frames", ""], capture_output=True, text=True, timeout=110)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]

@@ -1,4 +1,4 @@
-"""A short soak through the running node process over DDS (gs_reasoner_ros.soak): 600 synced
+"""A short soak through the running node process over DDS (gs_reasoner_ros.tools.soak): 600 synced
 640x480 frames at 15 Hz (real time) with interleaved queries and one storm of 50 concurrent
 calls. Memory stays flat after warm-up, the stores stay within their caps, queries are answered,
 the backlog does not grow, and the node exits cleanly."""
@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.importorskip("psutil")
 
-from gs_reasoner_ros.soak import STORM_CALLS, SoakConfig, run_soak  # noqa: E402
+from gs_reasoner_ros.tools.soak import STORM_CALLS, SoakConfig, run_soak  # noqa: E402
 
 KEYFRAMES, VOXELS = 8, 50_000
 

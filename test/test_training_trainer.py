@@ -86,7 +86,7 @@ def test_finetune_with_lora_merges_adapters_and_loads_in_the_reasoner(setup, fin
 
 
 def test_finetuned_checkpoint_runs_in_gs_reasoner_infer(setup, finetuned, capsys):
-    from gs_reasoner_ros.cli import main
+    from gs_reasoner_ros.tools.cli import main
 
     root, _, _ = setup
     scene = root / "data" / "synthetic" / "scene0000"

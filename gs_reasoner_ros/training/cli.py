@@ -1,7 +1,7 @@
 """`gs-reasoner train`: one of the authors' two stages on a mixture, on CPU, one GPU or torchrun.
 
     gs-reasoner train --stage pretrain --checkpoint INIT --data mix.yaml --data-root DIR --output OUT
-    torchrun --nproc-per-node 8 -m gs_reasoner_ros.cli train --stage finetune ... --bf16 --gradient-checkpointing
+    torchrun --nproc-per-node 8 -m gs_reasoner_ros.tools.cli train --stage finetune ... --bf16 --gradient-checkpointing
     gs-reasoner train --make-synthetic DIR     # writes a small synthetic dataset and exits
 """
 from __future__ import annotations

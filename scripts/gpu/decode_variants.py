@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gs_reasoner_ros.bench import _build_model  # noqa: E402
+from gs_reasoner_ros.tools.bench.common import build_model  # noqa: E402
 from gs_reasoner_ros.model.generation import GreedyDecoder  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
@@ -83,7 +83,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda")
-    lm = _build_model(False, device, llm_only=True).language_model
+    lm = build_model(False, device, llm_only=True).language_model
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 151643, (1, PREFIX + QUESTION), generator=g).to(device)
     with torch.inference_mode():

@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gs_reasoner_ros.bench import _build_model, _ceilings  # noqa: E402
+from gs_reasoner_ros.tools.bench.common import build_model, ceilings  # noqa: E402
 from gs_reasoner_ros.model.configuration import GSReasonerConfig  # noqa: E402
 from gs_reasoner_ros.model.generation import GreedyDecoder  # noqa: E402
 
@@ -130,8 +130,8 @@ def main() -> int:
         summary.update(fp32_check())
         write_summary()
         torch.cuda.empty_cache()
-        summary.update(_ceilings(torch.device("cuda"), tiny=False))
-        lm = _build_model(False, torch.device("cuda"), llm_only=True).language_model
+        summary.update(ceilings(torch.device("cuda"), tiny=False))
+        lm = build_model(False, torch.device("cuda"), llm_only=True).language_model
         text, gemv = gemv_report(lm, summary["copy_tbps"])
         (args.out / "gemv.txt").write_text(text)
         summary.update(gemv)

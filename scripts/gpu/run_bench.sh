@@ -21,14 +21,14 @@ step() {  # name timeout command...
 STEPS=${STEPS:-llm prof full mapping}
 DECODE=${DECODE:-compile}
 for s in $STEPS; do case $s in
-  llm) step llm "${T_LLM:-240}" python3 -m gs_reasoner_ros.cli bench gpu --llm-only --check --decode "$DECODE" \
+  llm) step llm "${T_LLM:-240}" python3 -m gs_reasoner_ros.tools.cli bench gpu --llm-only --check --decode "$DECODE" \
          --variants "${VARIANTS:-eager,compile,graph-sdpa,reduce-overhead}" ${LLM_ARGS:-} --json ;;
   prof) step prof "${T_PROF:-110}" python3 scripts/gpu/profile_llm.py --out "$RES/prof" ;;
   vision) step vision "${T_VIS:-60}" python3 scripts/gpu/profile_vision.py --out "$RES/vision" ;;
-  product) step product "${T_PROD:-480}" python3 -m gs_reasoner_ros.cli bench gpu --path "${PATH_MODE:-product}" \
+  product) step product "${T_PROD:-480}" python3 -m gs_reasoner_ros.tools.cli bench gpu --path "${PATH_MODE:-product}" \
          ${PROD_ARGS:-} --json ;;
-  full) step full "${T_FULL:-170}" python3 -m gs_reasoner_ros.cli bench gpu --check --decode "$DECODE" --json ;;
-  mapping) step mapping "${T_MAP:-40}" python3 -m gs_reasoner_ros.cli bench mapping --json ;;
+  full) step full "${T_FULL:-170}" python3 -m gs_reasoner_ros.tools.cli bench gpu --check --decode "$DECODE" --json ;;
+  mapping) step mapping "${T_MAP:-40}" python3 -m gs_reasoner_ros.tools.cli bench mapping --json ;;
 esac; done
 tar czf "$OUT/results.tgz" -C "$RES" .
 cat "$RES/env.txt" "$RES/steps.txt"

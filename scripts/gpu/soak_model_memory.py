@@ -33,14 +33,14 @@ def main(argv=None) -> int:
     import psutil
     import torch
 
-    from gs_reasoner_ros.bench import _bench_scene, _bench_tokenizer, _build_model
+    from gs_reasoner_ros.tools.bench.common import bench_scene, bench_tokenizer, build_model
     from gs_reasoner_ros.reasoner import Reasoner
 
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     cuda = device.type == "cuda"
-    model = _build_model(args.tiny, device)
-    loop = _bench_scene(args.loop_frames, args.tiny)
-    reasoner = Reasoner(model, _bench_tokenizer(args.tiny), num_frames=args.frames, max_new_tokens_cap=2048)
+    model = build_model(args.tiny, device)
+    loop = bench_scene(args.loop_frames, args.tiny)
+    reasoner = Reasoner(model, bench_tokenizer(args.tiny), num_frames=args.frames, max_new_tokens_cap=2048)
     warmup_s = reasoner.setup_decoder(compile="auto") if cuda else 0.0
     proc = psutil.Process(os.getpid())
     rows, t_start = [], time.perf_counter()

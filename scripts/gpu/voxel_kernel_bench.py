@@ -74,7 +74,7 @@ def main(argv=None) -> int:
 
 
 def load_frames(n_synthetic: int) -> tuple[list, str]:
-    from gs_reasoner_ros.bench import SHARED_3DMATCH
+    from gs_reasoner_ros.tools.bench.common import SHARED_3DMATCH
     from gs_reasoner_ros.scene_memory import Frame
 
     if SHARED_3DMATCH.is_dir():

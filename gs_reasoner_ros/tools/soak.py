@@ -10,7 +10,7 @@ Every --sample-s seconds it records the node's resident memory (psutil), keyfram
 counters from /diagnostics and the backlog (how far the newest integrated frame lags behind the
 newest sent one), then writes curve.csv and summary.json under --out and prints the summary.
 
-`python -m gs_reasoner_ros.soak node [--ros-args ...]` is the node process with the stand-in model.
+`python -m gs_reasoner_ros.tools.soak node [--ros-args ...]` is the node process with the stand-in model.
 """
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def _start_node(cfg: SoakConfig, log_path: Path) -> subprocess.Popen:
     params = {"max_keyframes": cfg.max_keyframes, "max_voxels": cfg.max_voxels, "diagnostics_period_s": 0.5,
               "num_frames": 16 if cfg.model == "tiny" else 32}
     args = [f"{k}:={v}" for k, v in params.items()] + list(cfg.node_params)
-    entry = ["-m", "gs_reasoner_ros.soak", "node"] if cfg.model == "fake" else ["-m", "gs_reasoner_ros.ros.node"]
+    entry = ["-m", "gs_reasoner_ros.tools.soak", "node"] if cfg.model == "fake" else ["-m", "gs_reasoner_ros.ros.node"]
     cmd = [sys.executable, *entry, "--ros-args", *[x for a in args for x in ("-p", a)]]
     log = open(log_path, "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -533,7 +533,7 @@ def main(argv=None) -> int:
         return node_main([sys.argv[0], *argv[1:]])
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m gs_reasoner_ros.soak", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m gs_reasoner_ros.tools.soak", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

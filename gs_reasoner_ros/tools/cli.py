@@ -7,13 +7,13 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "demo": ("gs_reasoner_ros.demo", "replay a bundled scene through the live node and ask it questions"),
-    "infer": ("gs_reasoner_ros.infer", "answer one question about a recorded scene"),
-    "bench": ("gs_reasoner_ros.bench", "measure inference and mapping speed"),
+    "demo": ("gs_reasoner_ros.tools.demo", "replay a bundled scene through the live node and ask it questions"),
+    "infer": ("gs_reasoner_ros.tools.infer", "answer one question about a recorded scene"),
+    "bench": ("gs_reasoner_ros.tools.bench", "measure inference and mapping speed"),
     "train": ("gs_reasoner_ros.training.cli", "train or fine-tune GS-Reasoner"),
     "eval": ("gs_reasoner_ros.evaluation.cli", "evaluate on a benchmark"),
-    "export-scene": ("gs_reasoner_ros.export", "write a scene or rosbag as processed-data keyframes"),
-    "soak": ("gs_reasoner_ros.soak", "replay many frames through the running node with queries; memory curve"),
+    "export-scene": ("gs_reasoner_ros.tools.export_scene", "write a scene or rosbag as processed-data keyframes"),
+    "soak": ("gs_reasoner_ros.tools.soak", "replay many frames through the running node with queries; memory curve"),
 }
 
 

@@ -83,8 +83,8 @@ def _check_paths(args) -> None:
 def _infer(args) -> int:
     import numpy as np
 
-    from .reasoner import Reasoner, check_query
-    from .scene import Scene
+    from gs_reasoner_ros.reasoner import Reasoner, check_query
+    from gs_reasoner_ros.scene import Scene
 
     _check_paths(args)
     check_query(args.question, args.options, args.task, args.max_new_tokens)  # before the slow model load

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .geometry import check_intrinsics
-from .scene import Scene
-from .scene_memory import Frame, KeyframeStore
+from gs_reasoner_ros.geometry import check_intrinsics
+from gs_reasoner_ros.scene import Scene
+from gs_reasoner_ros.scene_memory import Frame, KeyframeStore
 
 DEFAULT_TOPICS = {"color": "/color/image", "depth": "/depth/image", "info": "/color/camera_info"}
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -103,7 +103,7 @@ def export_scene(source, out, frames: int = 32, all_frames: bool = False, topics
     else:
         scene = _scene_keyframes(Scene.load(source), frames, policy, result)
     if align:
-        from .geometry import estimate_alignment
+        from gs_reasoner_ros.geometry import estimate_alignment
 
         A, info = estimate_alignment(_scene_points(scene), return_info=True)
         scene.axis_align = A
@@ -143,7 +143,7 @@ def _scene_keyframes(scene: Scene, count: int, policy: dict, result: ExportResul
 
 
 def _scene_points(scene: Scene, stride: int = 4) -> np.ndarray:
-    from .geometry import transform_points, unproject_depth
+    from gs_reasoner_ros.geometry import transform_points, unproject_depth
 
     clouds = [transform_points(scene.poses[i], unproject_depth(scene.depth[i], scene.intrinsics[i], stride))
               for i in range(len(scene))]
@@ -170,7 +170,7 @@ def _bag_scene(path: Path, count: int, topics: dict, world_frame: str | None, sl
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore
 
-    from .pipeline.tf_tree import TfBuffer, TfError
+    from gs_reasoner_ros.pipeline.tf_tree import TfBuffer, TfError
 
     with AnyReader([path], default_typestore=get_typestore(Stores.ROS2_KILTED)) as reader:
         conns = _pick_topics(reader.connections, topics)
@@ -231,7 +231,7 @@ def _bag_scene(path: Path, count: int, topics: dict, world_frame: str | None, sl
 
 def _decode_pairs(reader, conns, picks: list[_Pair]) -> Scene:
     """Second pass: decode the chosen colour and depth images into a Scene."""
-    from .ros.conversions import image_to_depth, image_to_rgb
+    from gs_reasoner_ros.ros.conversions import image_to_depth, image_to_rgb
 
     want = {"color": {p.color_index: p for p in picks}, "depth": {p.depth_index: p for p in picks}}
     images: dict[int, dict] = {id(p): {} for p in picks}
