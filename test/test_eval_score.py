@@ -1,5 +1,6 @@
 """`gs-reasoner eval --score`: saved predictions scored without a model give the run's numbers."""
 import json
+import zlib
 
 import pytest
 
@@ -69,3 +70,34 @@ def test_score_rejects_index_and_id_that_disagree(data):
         S.score_predictions("scanqa", samples, [{"index": 0, "id": samples[1]["id"], "text": "x"}])
     with pytest.raises(ValueError, match="more than one prediction"):
         S.score_predictions("scanqa", samples, [{"index": 0, "text": "x"}, {"id": samples[0]["id"], "text": "y"}])
+
+
+def _scripted(sample, task):
+    """Right, wrong and officially-unscorable answers in turn, so the aggregates are not all 0."""
+    k = zlib.crc32(str(sample.get("id")).encode()) % 3
+    if task == "vsibench":
+        return ["<answer>%s</answer>" % sample["ground_truth"], "<answer> 1</answer>", "<answer>9</answer>"][k]
+    if task in ("scanrefer", "multi3drefer"):
+        c = sample["metadata"]["object"][0]["object_bbox"][:1] or [[0, 0, 0, 1, 1, 1]]
+        lo = [c[0][i] - c[0][i + 3] / 2 for i in range(3)]
+        hi = [c[0][i] + c[0][i + 3] / 2 for i in range(3)]
+        box = "<bbox>(%s)</bbox>" % ", ".join(f"{v:.4f}" for v in lo + hi)
+        return ["thing 1 " + box, "thing: 1 " + box, "thing 1 <bbox>(1, 2)</bbox>"][k]
+    answer = sample["conversations"][1]["value"] if task == "sqa3d" else sample["metadata"]["answers"][0]
+    return ["<answer>%s</answer>" % answer, "<answer> %s</answer>" % answer, "<answer></answer>"][k]
+
+
+@pytest.mark.parametrize("task", sorted(FILES))
+def test_score_reproduces_a_scored_run_with_real_numbers(task, data, tmp_path, capsys, monkeypatch):
+    # the same --predictions path, with the model's answers replaced by scripted ones that hit,
+    # miss and trip the official code (so equal aggregates are not just equal zeros)
+    from gs_reasoner_ros.evaluation import runners
+
+    monkeypatch.setattr(runners.ReasonerAnswerer, "__call__", lambda self, sample, t: _scripted(sample, t))
+    preds = tmp_path / "p.jsonl"
+    bench = str(data[FILES[task]])
+    assert main(["eval", "--task", task, "--checkpoint", "tiny", "--data", bench, "--json", "--no-progress",
+                 "--frames", "1", "--predictions", str(preds)]) == 0
+    by_model = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--task", task, "--data", bench, "--score", str(preds), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == by_model

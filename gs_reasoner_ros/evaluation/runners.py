@@ -92,6 +92,14 @@ def _target_box(meta: dict, target) -> list:
     raise SampleDropped("target_not_found", f"target_object_id {target!r} is in no metadata object")
 
 
+def _first_box(meta: dict) -> list:
+    """model_singlerefer.py without a target: metadata.object[0].object_bbox[0]."""
+    boxes = meta["object"][0].get("object_bbox") or []
+    if not boxes:  # official: IndexError, the run stops (a zero-target Multi3DRefer row, say)
+        raise SampleDropped("no_gt_box", "metadata.object[0].object_bbox is empty (model_singlerefer.py IndexError)")
+    return boxes[0]
+
+
 def score_sample(task: str, sample: dict, text: str) -> tuple[str, object, dict]:
     """(question_type, per-sample score, extra fields for the predictions file: the named
     `scores` and the task's own fields). Raises SampleDropped where the official code raises."""
@@ -103,7 +111,7 @@ def score_sample(task: str, sample: dict, text: str) -> tuple[str, object, dict]
     if task == "scanrefer":
         groups = M.decode_box_groups(text)
         target = meta.get("target_object_id")
-        gt = _target_box(meta, target) if target is not None else meta["object"][0]["object_bbox"][0]
+        gt = _target_box(meta, target) if target is not None else _first_box(meta)
         iou = M.scanrefer_official_iou(groups, gt, has_target_id=target is not None)
         return qtype, iou, {"iou": iou, "scores": {"iou": iou, "acc@0.25": iou >= 0.25, "acc@0.5": iou >= 0.5}}
     if task == "multi3drefer":
