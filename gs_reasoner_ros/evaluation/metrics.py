@@ -1,8 +1,12 @@
-"""Benchmark metrics as the GS-Reasoner authors compute them.
+"""Benchmark metrics exactly as the official GS-Reasoner evaluation computes them.
 
-Pure numpy, no model. Each benchmark has a per-sample scorer and an aggregator that
-returns percentages (x100), so the runners and the tests share one definition.
-Deliberate replications of the authors' quirks are marked "authors:" below.
+Pure numpy, no model. Each benchmark has a per-sample scorer and an aggregator that returns
+percentages (x100), so the runners, the saved-prediction scorer and the tests share one
+definition. Deliberate replications of official quirks are marked "official:" with the file and
+function they come from (GS-Reasoner = WU-CVGL/GS-Reasoner; its vendored lmms-eval task is
+`llava/submodules/lmms_eval/tasks/vsibench/utils.py`). Where the official code raises on a
+sample, the scorers raise SampleDropped: the sample leaves the averages and is counted.
+ScanRefer / Multi3DRefer live in grounding.py, plain box helpers in boxes.py (re-exported here).
 """
 from __future__ import annotations
 
@@ -13,43 +17,29 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from gs_reasoner_ros.evaluation.boxes import (  # noqa: F401  (public names kept here)
+    _hungarian_max, aabb_iou, box_from_center_size, iou_matrix, linear_sum_assignment_max,
+    multi3drefer_f1, parse_box_groups, scanrefer_iou)
+from gs_reasoner_ros.evaluation.dropped import SampleDropped
+from gs_reasoner_ros.evaluation.grounding import (  # noqa: F401
+    decode_box_groups, multi3drefer_official_f1, scanrefer_box3d_iou, scanrefer_official_iou)
+
 # ---------------------------------------------------------------------------
 # answer text
 # ---------------------------------------------------------------------------
 
-_BOX_GROUP = re.compile(r"([^\s,<>][^,<>]*?)\s+(\d+)\s+((?:<bbox>\([^)]*\)</bbox>)+)")
-_BOX = re.compile(r"<bbox>\(([^)]*)\)</bbox>")
-
 
 def extract_answer(text: str) -> str:
-    """Text after the last `<answer>` with `</answer>` removed (the whole text if the
-    model wrote no `<answer>` tag), stripped."""
-    text = str(text or "")
-    if "<answer>" in text:
-        text = text.rsplit("<answer>", 1)[1]
-    return text.replace("</answer>", "").strip()
+    """The answer text the official scores see: the generated text stripped (both official
+    generation paths strip it: llava/eval/model_3dvqa.py eval_model and lmms_eval
+    models/gs_reasoner.py generate_until), then everything after the last `<answer>` with every
+    `</answer>` removed (the whole text without an `<answer>` tag).
 
-
-def parse_box_groups(text: str) -> list[tuple[str, list[np.ndarray]]]:
-    """`name count <bbox>(x1, y1, z1, x2, y2, z2)</bbox>...` groups in output order.
-
-    Each box comes back as a (6,) [min xyz, max xyz] array. Boxes whose text does not hold
-    six numbers are dropped (the authors' parser would crash on them); multi-word names are
-    kept whole, unlike the authors' `\\w+`, which only matters for display.
+    official quirk (model_3dvqa.py eval_model, vsibench utils.vsibench_cot_process_results): the
+    part after `<answer>` is NOT stripped again, so `<answer> 3.5</answer>` gives " 3.5", which
+    scores 0 on VSI-Bench (the first space-separated token is empty) and ScanQA (not verbatim).
     """
-    groups = []
-    for name, _count, boxes_text in _BOX_GROUP.findall(str(text or "")):
-        boxes = []
-        for inner in _BOX.findall(boxes_text):
-            try:
-                values = [float(v) for v in inner.split(",")]
-            except ValueError:
-                continue
-            if len(values) == 6 and all(math.isfinite(v) for v in values):
-                boxes.append(np.asarray(values, dtype=np.float64))
-        if boxes:
-            groups.append((name.strip(), boxes))
-    return groups
+    return str(text or "").strip().split("<answer>")[-1].replace("</answer>", "")
 
 
 # ---------------------------------------------------------------------------
@@ -63,122 +53,86 @@ VSI_MCA_TASKS = (
 VSI_NA_TASKS = ("object_abs_distance", "object_counting", "object_size_estimation", "room_size_estimation")
 VSI_REL_DIRECTION = VSI_MCA_TASKS[:3]
 
-# authors: np.linspace(0.5, 0.95, int((0.95 - 0.5) / 0.05 + 2)). In exact arithmetic that asks
-# for 11 points, but (0.95 - 0.5) / 0.05 is 8.999999999999998 in binary floating point, so
+# official (vsibench utils.mean_relative_accuracy): np.linspace(0.5, 0.95,
+# int((0.95 - 0.5) / 0.05 + 2)). In exact arithmetic that asks for 11 points, but (0.95 - 0.5) / 0.05 is 8.999999999999998 in binary floating point, so
 # int() gives 10 and the thresholds are exactly 0.50, 0.55, ..., 0.95. Reproduced, not "fixed".
 MRA_THRESHOLDS = np.linspace(0.5, 0.95, int((0.95 - 0.5) / 0.05 + 2))
 
 
 def fuzzy_matching(text: str) -> str:
-    """authors: the first space-separated token with trailing '.' removed."""
+    """official (vsibench utils.fuzzy_matching): the first token of split(' ') with trailing '.'
+    removed; a leading space makes that token empty."""
     return str(text or "").split(" ")[0].rstrip(".").strip()
 
 
 def to_float(text) -> float | None:
-    """float(text), or None when it is not a number (scores 0)."""
+    """official (vsibench utils.to_float): float(text), None when that fails. "nan" and "inf"
+    are numbers here, as there (they then fail every threshold)."""
     try:
-        value = float(text)
-    except (TypeError, ValueError):
+        return float(text)
+    except (TypeError, ValueError, OverflowError):
         return None
-    return value if math.isfinite(value) else None
 
 
-def mean_relative_accuracy(pred: float | None, target: float) -> float:
-    """Share of thresholds t in MRA_THRESHOLDS with |pred - target| / |target| <= 1 - t.
+def mean_relative_accuracy(pred: float | None, target: float | None) -> float:
+    """Share of thresholds t in MRA_THRESHOLDS with |pred - target| / target <= 1 - t.
 
-    None (unparseable) scores 0. A zero target scores 1 only for an exact 0 (the authors
-    divide by it; inf/nan then fail every threshold except 0/0, which we also score 0).
+    official (vsibench utils.abs_dist_norm, vsibench_cot_process_results):
+    - an unparseable prediction or ground truth (None) makes `pred - target` a TypeError, which
+      the official code catches and scores 0;
+    - it divides by the SIGNED ground truth, so a negative ground truth passes every threshold;
+    - a zero ground truth is a ZeroDivisionError the official code does not catch (the run
+      crashes): SampleDropped here.
     """
-    if pred is None:
+    if pred is None or target is None:
         return 0.0
-    target = float(target)
-    if target == 0.0:
-        rel = 0.0 if pred == 0.0 else math.inf
-    else:
-        rel = abs(pred - target) / abs(target)
+    if target == 0:
+        raise SampleDropped("vsibench_zero_ground_truth",
+                            "vsibench utils.abs_dist_norm divides by the ground truth (ZeroDivisionError)")
+    rel = abs(pred - target) / target
     return float(np.mean(rel <= 1.0 - MRA_THRESHOLDS))
 
 
 def vsibench_score(question_type: str, prediction: str, ground_truth) -> float:
-    """One VSI-Bench sample in [0, 1]: exact option match for MCA tasks, MRA for numeric ones."""
+    """One VSI-Bench sample in [0, 1] as vsibench utils.vsibench_cot_process_results scores it:
+    case-insensitive equality with the ground truth (not stripped) for MCA tasks, MRA for
+    numeric ones. An unknown question type raises ValueError there: SampleDropped here."""
     answer = fuzzy_matching(extract_answer(prediction))
     if question_type in VSI_MCA_TASKS:
-        return 1.0 if answer.lower() == str(ground_truth).strip().lower() else 0.0
+        return 1.0 if answer.lower() == str(ground_truth).lower() else 0.0
     if question_type in VSI_NA_TASKS:
-        target = to_float(ground_truth)
-        if target is None:
-            raise ValueError(f"VSI-Bench {question_type}: ground truth {ground_truth!r} is not a number")
-        return mean_relative_accuracy(to_float(answer), target)
-    raise ValueError(f"unknown VSI-Bench question_type {question_type!r}; "
-                     f"expected one of {VSI_MCA_TASKS + VSI_NA_TASKS}")
+        return mean_relative_accuracy(to_float(answer), to_float(ground_truth))
+    raise SampleDropped("vsibench_unknown_question_type",
+                        f"{question_type!r} (vsibench utils.vsibench_cot_process_results raises ValueError)")
 
 
 def vsibench_aggregate(records: Iterable[tuple[str, float]]) -> dict[str, float]:
-    """(question_type, score) pairs -> per-task means, with the three relative-direction
-    subsets averaged (unweighted) into `object_rel_direction`, and `overall` = unweighted
-    mean of the task scores present (8 on the full benchmark). All x100."""
+    """(question_type, score) pairs -> per-task means and `overall`, x100, as vsibench
+    utils.vsibench_aggregate_results computes them.
+
+    official: the three relative-direction subsets are merged into `object_rel_direction` as
+    the unweighted (easy + medium + hard) / 3; `overall` is the unweighted mean of the task
+    entries, summed in the official order (question types sorted, the merged entry last).
+    official quirk: the merge only happens when `easy` is present, so without it the medium /
+    hard subsets stay separate entries of `overall`; with `easy` but without one of the others
+    the official code raises KeyError (no result at all): we average the subsets present.
+    """
     per_type: dict[str, list[float]] = defaultdict(list)
     for question_type, score in records:
         per_type[question_type].append(float(score))
-    tasks = {t: float(np.mean(v)) for t, v in per_type.items() if t not in VSI_REL_DIRECTION}
-    subsets = [float(np.mean(per_type[t])) for t in VSI_REL_DIRECTION if per_type.get(t)]
-    if subsets:
-        tasks["object_rel_direction"] = float(np.mean(subsets))
-    out = {t: 100.0 * v for t, v in sorted(tasks.items())}
+    tasks = {t: float(np.mean(per_type[t])) for t in sorted(per_type)}
+    if VSI_REL_DIRECTION[0] in tasks:
+        subsets = [tasks.pop(t) for t in VSI_REL_DIRECTION if t in tasks]
+        tasks["object_rel_direction"] = sum(subsets) / (3.0 if len(subsets) == 3 else len(subsets))
+    out = {t: v * 100.0 for t, v in sorted(tasks.items())}
     if tasks:
-        out["overall"] = 100.0 * float(np.mean(list(tasks.values())))
+        out["overall"] = sum(tasks.values()) / len(tasks) * 100.0
     return out
 
 
 # ---------------------------------------------------------------------------
-# boxes
+# ScanRefer / Multi3DRefer aggregates (per-sample scores: grounding.py)
 # ---------------------------------------------------------------------------
-
-
-def box_from_center_size(box) -> np.ndarray:
-    """[cx, cy, cz, dx, dy, dz] (the datasets' metadata form) -> [min xyz, max xyz]."""
-    b = np.asarray(box, dtype=np.float64).reshape(6)
-    half = np.abs(b[3:]) / 2.0
-    return np.concatenate([b[:3] - half, b[:3] + half])
-
-
-def aabb_iou(a, b) -> float:
-    """IoU of two axis-aligned boxes given as [min xyz, max xyz] (corners in either order)."""
-    a = np.asarray(a, dtype=np.float64).reshape(2, 3)
-    b = np.asarray(b, dtype=np.float64).reshape(2, 3)
-    a_lo, a_hi = a.min(0), a.max(0)
-    b_lo, b_hi = b.min(0), b.max(0)
-    inter = np.prod(np.clip(np.minimum(a_hi, b_hi) - np.maximum(a_lo, b_lo), 0.0, None))
-    union = np.prod(a_hi - a_lo) + np.prod(b_hi - b_lo) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def iou_matrix(preds: Sequence, gts: Sequence) -> np.ndarray:
-    """Pairwise aabb_iou, shape (len(preds), len(gts))."""
-    m = np.zeros((len(preds), len(gts)))
-    for i, p in enumerate(preds):
-        for j, g in enumerate(gts):
-            m[i, j] = aabb_iou(p, g)
-    return m
-
-
-# ---------------------------------------------------------------------------
-# ScanRefer (also SR3D / NR3D)
-# ---------------------------------------------------------------------------
-
-
-def scanrefer_iou(groups: list[tuple[str, list[np.ndarray]]], gt_box, best_of_groups: bool) -> float:
-    """IoU of the prediction the authors score against the GT box ([min, max]).
-
-    authors: without `target_object_id` the first box of the first group is scored; with it,
-    the best IoU among the *first box of every group* (an oracle-style choice that favours
-    answers naming several objects). No parsed box scores 0 (the authors' script crashes).
-    """
-    if not groups:
-        return 0.0
-    if best_of_groups:
-        return max(aabb_iou(boxes[0], gt_box) for _, boxes in groups)
-    return aabb_iou(groups[0][1][0], gt_box)
 
 
 def scanrefer_aggregate(records: Iterable[tuple[str, float]]) -> dict[str, dict[str, float]]:
@@ -190,84 +144,6 @@ def scanrefer_aggregate(records: Iterable[tuple[str, float]]) -> dict[str, dict[
     return {t: {"acc@0.25": 100.0 * float(np.mean(np.asarray(v) >= 0.25)),
                 "acc@0.5": 100.0 * float(np.mean(np.asarray(v) >= 0.5)), "n": len(v)}
             for t, v in per_type.items()}
-
-
-# ---------------------------------------------------------------------------
-# Multi3DRefer
-# ---------------------------------------------------------------------------
-
-
-def linear_sum_assignment_max(weights: np.ndarray) -> list[tuple[int, int]]:
-    """Row/column pairs of a maximum-total-weight assignment of a rectangular matrix.
-
-    Uses scipy when installed, otherwise the O(n^3) Hungarian algorithm with potentials
-    below (minimising the negated weights on the zero-padded square matrix, as the authors do).
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    if w.size == 0:
-        return []
-    try:
-        from scipy.optimize import linear_sum_assignment
-    except ImportError:
-        return _hungarian_max(w)
-    rows, cols = linear_sum_assignment(-w)
-    return list(zip(rows.tolist(), cols.tolist()))
-
-
-def _hungarian_max(w: np.ndarray) -> list[tuple[int, int]]:
-    n_rows, n_cols = w.shape
-    n = max(n_rows, n_cols)
-    cost = np.zeros((n + 1, n + 1))
-    cost[1:n_rows + 1, 1:n_cols + 1] = -w  # padding rows/cols cost 0
-    u, v = np.zeros(n + 1), np.zeros(n + 1)
-    match = np.zeros(n + 1, dtype=np.int64)  # match[col] = row, 1-based, 0 = free
-    for row in range(1, n + 1):
-        # Grow an alternating tree from `row` along tight edges (Dijkstra on reduced costs).
-        match[0] = row
-        col0 = 0
-        min_slack = np.full(n + 1, np.inf)
-        way = np.zeros(n + 1, dtype=np.int64)
-        used = np.zeros(n + 1, dtype=bool)
-        while True:
-            used[col0] = True
-            r = match[col0]
-            slack = cost[r, 1:] - u[r] - v[1:]
-            free = ~used[1:]
-            better = free & (slack < min_slack[1:])
-            min_slack[1:][better] = slack[better]
-            way[1:][better] = col0
-            candidates = np.where(free, min_slack[1:], np.inf)
-            col1 = int(np.argmin(candidates)) + 1
-            delta = candidates[col1 - 1]
-            u[match[used]] += delta
-            v[used] -= delta
-            min_slack[1:][free] -= delta
-            col0 = col1
-            if match[col0] == 0:
-                break
-        while col0:  # flip the augmenting path
-            prev = way[col0]
-            match[col0] = match[prev]
-            col0 = prev
-    return sorted((int(match[c]) - 1, c - 1) for c in range(1, n + 1)
-                  if 0 < match[c] <= n_rows and c <= n_cols)
-
-
-def multi3drefer_f1(pred_boxes: Sequence, gt_boxes: Sequence) -> tuple[float, float]:
-    """(F1@0.25, F1@0.5) of one query, boxes as [min, max].
-
-    authors: one matching that maximises the summed IoU, then a matched pair is a true
-    positive at a threshold when its IoU >= threshold; F1 = 2 TP / (|pred| + |gt|); no
-    prediction and no target scores 1, exactly one of them empty scores 0.
-    """
-    if not pred_boxes and not gt_boxes:
-        return 1.0, 1.0
-    if not pred_boxes or not gt_boxes:
-        return 0.0, 0.0
-    ious = iou_matrix(pred_boxes, gt_boxes)
-    matched = np.asarray([ious[i, j] for i, j in linear_sum_assignment_max(ious)])
-    denom = len(pred_boxes) + len(gt_boxes)
-    return (2.0 * float(np.sum(matched >= 0.25)) / denom, 2.0 * float(np.sum(matched >= 0.5)) / denom)
 
 
 def multi3drefer_aggregate(records: Iterable[tuple[str, tuple[float, float]]]) -> dict[str, dict[str, float]]:
@@ -287,7 +163,8 @@ def multi3drefer_aggregate(records: Iterable[tuple[str, tuple[float, float]]]) -
 
 
 def scanqa_exact_match(prediction: str, answers: Sequence[str]) -> float:
-    """authors: 1 when the answer text is verbatim one of the reference answers (no normalisation)."""
+    """official (GS-Reasoner llava/eval/eval_scanqa.py main): 1 when the answer text is verbatim
+    one of the reference answers (no normalisation, and extract_answer does not strip it)."""
     return 1.0 if extract_answer(prediction) in list(answers) else 0.0
 
 
@@ -332,18 +209,22 @@ def sqa3d_clean_answer(text: str) -> str:
 
 
 def sqa3d_match(prediction: str, answers: Sequence[str]) -> tuple[float, float]:
-    """(EM, refined EM) after sqa3d_clean_answer on both sides. Refined EM also accepts a
-    prediction contained in a reference or vice versa, ignoring whitespace. Empty scores 0."""
+    """(EM, refined EM) after sqa3d_clean_answer on both sides, by LEO's answer matching
+    (embodied-generalist evaluator/sqa3d_eval.py, ScanQAEvaluator.answer_match).
+
+    official quirks: the references are tried IN ORDER and the first one that equals the
+    prediction, contains it or is contained in it (whitespace ignored) decides, so a prediction
+    equal to the second reference but contained in the first is (0, 1); an empty prediction is
+    contained in every reference, so it scores (0, 1). With the single reference GS-Reasoner
+    uses (the conversation's answer), EM is eval_sqa3d.py's clean(pred) == clean(gt).
+    """
     pred = sqa3d_clean_answer(extract_answer(prediction))
-    refs = [sqa3d_clean_answer(a) for a in answers]
-    if not pred:
-        return 0.0, 0.0
-    if pred in refs:
-        return 1.0, 1.0
     squeezed = "".join(pred.split())
-    for ref in refs:
-        r = "".join(ref.split())
-        if squeezed in r or r in squeezed:
+    for ref in (sqa3d_clean_answer(a) for a in answers):
+        if pred == ref:
+            return 1.0, 1.0
+        ref_squeezed = "".join(ref.split())
+        if squeezed in ref_squeezed or ref_squeezed in squeezed:
             return 0.0, 1.0
     return 0.0, 0.0
 
