@@ -4,7 +4,7 @@ import zlib
 
 import pytest
 
-from gs_reasoner_ros.cli import main
+from gs_reasoner_ros.tools.cli import main
 from gs_reasoner_ros.evaluation import scoring as S
 
 
