@@ -234,12 +234,10 @@ class Reasoner:
         self._visual_cache.clear()
         decoder = getattr(self.model, "decoder", None)
         if decoder is not None:
-            decoder._drop_prefixes()
-            if zero_kv:
-                # NaN left in the static KV cache past a later prompt's end still reaches the
-                # attention output through the masked positions (0 * NaN); called in inference_mode.
-                for t in getattr(decoder, "_keys", []) + getattr(decoder, "_values", []):
-                    t.zero_()
+            if zero_kv:  # NaN left in the static KV cache would reach later answers
+                decoder.reset()
+            else:
+                decoder.drop_prefixes()
 
     def prepare_frames(self, scene) -> int:
         """Do the per-frame preprocessing of every frame of `scene` now (e.g. as keyframes arrive)

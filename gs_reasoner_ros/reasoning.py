@@ -22,8 +22,10 @@ from typing import Sequence
 
 import numpy as np
 
+# torch-free: configuration.py imports neither torch nor the model
+from gs_reasoner_ros.model.configuration import IMAGE_TOKEN_INDEX
+
 IMAGE_TOKEN = "<image>"
-IMAGE_TOKEN_INDEX = -200  # the authors' placeholder id (llava/constants.py); the model splices visual tokens there
 TASKS = ("spatial", "ground", "qa")
 
 

@@ -171,7 +171,7 @@ def test_attention_lengths_cover_the_position(lm):
 
 def poison_cache(dec: GreedyDecoder, first_slot: int) -> None:
     """NaN in every cache slot from `first_slot` on: one read of them would poison the answer."""
-    for t in dec._keys + dec._values:
+    for t in dec.stack.cache.tensors():
         t[:, :, first_slot:] = float("nan")
 
 
@@ -216,7 +216,7 @@ def test_fused_projections_share_the_weights_and_keep_the_model(lm):
     with torch.no_grad():
         logits_before = lm(inputs_embeds=prompt).logits
     dec = GreedyDecoder(lm, max_cache_len=64)
-    fused = dec._fused[0]
+    fused = dec.fused[0]
     assert fused is not None
     # the layers now read rows of the fused tensors: same values, no second copy
     assert fused.qkv_weight.data_ptr() == attn.q_proj.weight.data_ptr()
@@ -228,7 +228,7 @@ def test_fused_projections_share_the_weights_and_keep_the_model(lm):
         torch.testing.assert_close(lm(inputs_embeds=prompt).logits, logits_before, rtol=0, atol=0)
     # a second decoder finds them fused already and copies nothing
     again = GreedyDecoder(lm, max_cache_len=64)
-    assert again._fused[0].qkv_weight.data_ptr() == fused.qkv_weight.data_ptr()
+    assert again.fused[0].qkv_weight.data_ptr() == fused.qkv_weight.data_ptr()
     assert again.generate(prompt, 6).ids.tolist() == naive_greedy(lm, prompt, 6)[0]
 
 
@@ -239,6 +239,6 @@ def test_projections_that_train_are_not_fused():
     model = Qwen2ForCausalLM(cfg)  # parameters require grad: an optimizer may hold them
     q_weight = model.model.layers[0].self_attn.q_proj.weight
     dec = GreedyDecoder(model, max_cache_len=64)
-    assert dec._fused == [None]
+    assert dec.fused == [None]
     assert model.model.layers[0].self_attn.q_proj.weight is q_weight
-    assert GreedyDecoder(model.requires_grad_(False), max_cache_len=64, fuse_projections=False)._fused == [None]
+    assert GreedyDecoder(model.requires_grad_(False), max_cache_len=64, fuse_projections=False).fused == [None]

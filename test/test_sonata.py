@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gs_reasoner_ros.model.configuration import SonataConfig
 from gs_reasoner_ros.model.serialization import serialize
 from gs_reasoner_ros.model.sonata import (
     Block,
     GridPooling,
     SerializedAttention,
     Sonata,
-    SonataConfig,
     StageContext,
     grid_pool,
     grid_sample,

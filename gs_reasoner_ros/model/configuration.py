@@ -1,5 +1,8 @@
 """GS-Reasoner configuration: reads and writes the release's `config.json` (model_type "llava_qwen").
 
+Every config class of model/ lives here (`GSReasonerConfig`, `SonataConfig`), and this module
+imports neither torch nor the model at import time, so prompts and tools can read its constants cheaply.
+
 The released file is a LLaVA-Qwen2 config plus the GS-Reasoner keys. Two optional objects are our
 extensions, so that small test models can shrink the parts whose sizes the release hard-codes:
 `"sonata"` (overrides of the Sonata/PTv3 class defaults, read by `SonataConfig.from_dict`) and
@@ -12,6 +15,7 @@ import json
 import math
 import os
 import re
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,8 @@ SIGLIP_KEYS = tuple(SIGLIP_SO400M_PATCH14_384)
 
 SONATA_HIDDEN_SIZE = 1232  # 48+96+192+384+512, the authors hard-code it
 POSITION_PATH_SIZE = 2048  # output width of `pointnet_pooling.mlp`, hard-coded too
+# The space-filling curves Sonata serialises voxels along (model/serialization.py draws them).
+SERIALIZATION_ORDERS = ("z", "z-trans", "hilbert", "hilbert-trans")
 
 # Values of the release (Qwen2-7B backbone, LLaVA-Video settings); a config.json overrides them.
 DEFAULTS: dict[str, Any] = {
@@ -70,6 +76,85 @@ DEFAULTS: dict[str, Any] = {
     "mm_patch_merge_type": "spatial_unpad",
     "world_position_embedding_type": "sonata_sample_64",
 }
+
+
+# Keys of the authors' PointTransformerV3 kwargs that do not change inference with their values here.
+_IGNORED_UPSTREAM_KEYS = {
+    "drop_path", "attn_drop", "proj_drop", "enable_flash", "upcast_attention", "upcast_softmax",
+    "traceable", "freeze_encoder", "dec_depths", "dec_channels", "dec_num_head", "dec_patch_size",
+}
+# Upstream kwargs that change the architecture: accepted only with the released value.
+_FIXED_UPSTREAM_KEYS = {
+    "enc_mode": True, "pre_norm": True, "enable_rpe": False, "layer_scale": None,
+    "mask_token": False, "qk_scale": None,
+}
+
+
+@dataclass
+class SonataConfig:
+    """Architecture of the Sonata encoder; defaults are the released GS-Reasoner values."""
+
+    in_channels: int = 6
+    grid_size: float = 0.025
+    enc_depths: tuple[int, ...] = (3, 3, 3, 12, 3)
+    enc_channels: tuple[int, ...] = (48, 96, 192, 384, 512)
+    enc_num_head: tuple[int, ...] = (3, 6, 12, 24, 32)
+    enc_patch_size: tuple[int, ...] = (1024,) * 5
+    stride: tuple[int, ...] = (2, 2, 2, 2)
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    order: tuple[str, ...] = ("z", "z-trans", "hilbert", "hilbert-trans")
+    shuffle_orders: bool = True
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                setattr(self, f.name, tuple(value))
+        if isinstance(self.order, str):
+            self.order = (self.order,)
+        stages = len(self.enc_depths)
+        if stages == 0:
+            raise ValueError("Sonata needs at least one stage (enc_depths is empty)")
+        for name in ("enc_channels", "enc_num_head", "enc_patch_size"):
+            if len(getattr(self, name)) != stages:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries, enc_depths has {stages}")
+        if len(self.stride) != stages - 1:
+            raise ValueError(f"stride needs {stages - 1} entries (one per pooling), got {len(self.stride)}")
+        for c, h in zip(self.enc_channels, self.enc_num_head):
+            if c % h:
+                raise ValueError(f"enc_channels {c} is not divisible by its head count {h}")
+        if any(s < 2 for s in self.stride) or any(p < 1 for p in self.enc_patch_size):
+            raise ValueError("strides must be >= 2 and patch sizes >= 1")
+        bad = [o for o in self.order if o not in SERIALIZATION_ORDERS]
+        if bad or not self.order:
+            raise ValueError(f"unknown serialization order(s) {bad}; expected a subset of {SERIALIZATION_ORDERS}")
+        if self.in_channels != 6:
+            raise ValueError("this Sonata takes 6 input channels (xyz + rgb, no normals)")
+        if not self.grid_size > 0:
+            raise ValueError(f"grid_size must be positive, got {self.grid_size}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "SonataConfig":
+        """Released defaults overridden by ``d`` (the ``"sonata"`` object of config.json)."""
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        for key, value in _FIXED_UPSTREAM_KEYS.items():
+            if key in d and d.pop(key) != value:
+                raise ValueError(f"Sonata option {key}={value!r} is the only supported value")
+        unknown = sorted(k for k in d if k not in known and k not in _IGNORED_UPSTREAM_KEYS)
+        if unknown:
+            raise ValueError(f"unknown Sonata config keys: {unknown}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_dict(self) -> dict:
+        """JSON-friendly dict (tuples become lists) that :meth:`from_dict` reads back."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @property
+    def out_channels(self) -> int:
+        """Width of the per-point output: all stage widths concatenated (1232 when released)."""
+        return sum(self.enc_channels)
 
 
 class GSReasonerConfig:
@@ -196,10 +281,8 @@ class GSReasonerConfig:
         geometry["num_hidden_layers"] -= 1
         return SiglipVisionConfig(**geometry, vision_use_head=False)
 
-    def sonata_config(self):
+    def sonata_config(self) -> SonataConfig:
         """Sonata's config: the release's class defaults overridden by the optional "sonata" object."""
-        from gs_reasoner_ros.model.sonata import SonataConfig
-
         return SonataConfig.from_dict(dict(self._values.get("sonata") or {}))
 
     # ---- IO --------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-ORDERS = ("z", "z-trans", "hilbert", "hilbert-trans")
+from .configuration import SERIALIZATION_ORDERS as ORDERS
 MAX_DEPTH = 16  # 48-bit codes, the upstream limit (655 m at 1 cm, 1.6 km at 2.5 cm)
 
 

@@ -32,93 +32,15 @@ at run time; see :mod:`.sparse_conv` and :mod:`.attention`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .attention import window_attention, window_partition
-from .serialization import ORDERS, Serialization, serialize
+from .configuration import SonataConfig
+from .serialization import Serialization, serialize
 from .sparse_conv import SubMConv3d, VoxelGrid
-
-# Keys of the authors' PointTransformerV3 kwargs that do not change inference with their values here.
-_IGNORED_UPSTREAM_KEYS = {
-    "drop_path", "attn_drop", "proj_drop", "enable_flash", "upcast_attention", "upcast_softmax",
-    "traceable", "freeze_encoder", "dec_depths", "dec_channels", "dec_num_head", "dec_patch_size",
-}
-# Upstream kwargs that change the architecture: accepted only with the released value.
-_FIXED_UPSTREAM_KEYS = {
-    "enc_mode": True, "pre_norm": True, "enable_rpe": False, "layer_scale": None,
-    "mask_token": False, "qk_scale": None,
-}
-
-
-@dataclass
-class SonataConfig:
-    """Architecture of the Sonata encoder; defaults are the released GS-Reasoner values."""
-
-    in_channels: int = 6
-    grid_size: float = 0.025
-    enc_depths: tuple[int, ...] = (3, 3, 3, 12, 3)
-    enc_channels: tuple[int, ...] = (48, 96, 192, 384, 512)
-    enc_num_head: tuple[int, ...] = (3, 6, 12, 24, 32)
-    enc_patch_size: tuple[int, ...] = (1024,) * 5
-    stride: tuple[int, ...] = (2, 2, 2, 2)
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    order: tuple[str, ...] = ("z", "z-trans", "hilbert", "hilbert-trans")
-    shuffle_orders: bool = True
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, list):
-                setattr(self, f.name, tuple(value))
-        if isinstance(self.order, str):
-            self.order = (self.order,)
-        stages = len(self.enc_depths)
-        if stages == 0:
-            raise ValueError("Sonata needs at least one stage (enc_depths is empty)")
-        for name in ("enc_channels", "enc_num_head", "enc_patch_size"):
-            if len(getattr(self, name)) != stages:
-                raise ValueError(f"{name} has {len(getattr(self, name))} entries, enc_depths has {stages}")
-        if len(self.stride) != stages - 1:
-            raise ValueError(f"stride needs {stages - 1} entries (one per pooling), got {len(self.stride)}")
-        for c, h in zip(self.enc_channels, self.enc_num_head):
-            if c % h:
-                raise ValueError(f"enc_channels {c} is not divisible by its head count {h}")
-        if any(s < 2 for s in self.stride) or any(p < 1 for p in self.enc_patch_size):
-            raise ValueError("strides must be >= 2 and patch sizes >= 1")
-        bad = [o for o in self.order if o not in ORDERS]
-        if bad or not self.order:
-            raise ValueError(f"unknown serialization order(s) {bad}; expected a subset of {ORDERS}")
-        if self.in_channels != 6:
-            raise ValueError("this Sonata takes 6 input channels (xyz + rgb, no normals)")
-        if not self.grid_size > 0:
-            raise ValueError(f"grid_size must be positive, got {self.grid_size}")
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "SonataConfig":
-        """Released defaults overridden by ``d`` (the ``"sonata"`` object of config.json)."""
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        for key, value in _FIXED_UPSTREAM_KEYS.items():
-            if key in d and d.pop(key) != value:
-                raise ValueError(f"Sonata option {key}={value!r} is the only supported value")
-        unknown = sorted(k for k in d if k not in known and k not in _IGNORED_UPSTREAM_KEYS)
-        if unknown:
-            raise ValueError(f"unknown Sonata config keys: {unknown}")
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def to_dict(self) -> dict:
-        """JSON-friendly dict (tuples become lists) that :meth:`from_dict` reads back."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @property
-    def out_channels(self) -> int:
-        """Width of the per-point output: all stage widths concatenated (1232 when released)."""
-        return sum(self.enc_channels)
-
 
 # ---------------------------------------------------------------------------------------------
 # Voxel bookkeeping (no parameters)

@@ -51,11 +51,9 @@ def ms_per_token(dec, question, n: int, repeats: int = 3) -> tuple[float, list[i
 def kernel_profile(dec, position: int, steps: int = 5) -> tuple[str, dict]:
     """Kernel table of `steps` decode steps at `position` (not graph-replayed, so each kernel is
     seen), and device microseconds per step: all kernels, and the attention kernels alone."""
-    length = dec.attention_length(position)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            dec._set_pos(position)
-            dec._step(dec._positions_for(length))
+            dec.runner.step_at(position)
         torch.cuda.synchronize()
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     attention = ("_split_kernel", "_combine_kernel", "softmax", "bmm", "flash")
@@ -95,7 +93,7 @@ def main() -> None:
         warm = dec.warmup()
         dec.prefill(prefix, key="kf")
         r = dict(options=options, warmup_s=round(warm, 1), compile=dec.compile, attention=dec.decode_attention,
-                 fused=dec._fused[0] is not None, graphs=len(dec._graphs))
+                 fused=dec.fused[0] is not None, graphs=len(dec.runner.graphs))
         r["ms_64"], _ = ms_per_token(dec, question, 64)
         r["ms_256"], answers[name] = ms_per_token(dec, question, 256)
         if args.profile:
