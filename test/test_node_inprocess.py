@@ -18,7 +18,7 @@ from gs_reasoner_ros.reasoning import Answer, GroundedBox  # noqa: E402
 from gs_reasoner_ros.ros import conversions, qos  # noqa: E402
 from gs_reasoner_ros.ros.conversions.markers import decode_boxes  # noqa: E402
 from gs_reasoner_ros.pipeline.queries import UNTRAINED_NOTE  # noqa: E402
-from gs_reasoner_ros.ros.testing import InProcessNode  # noqa: E402
+from gs_reasoner_ros.ros.harness import InProcessNode  # noqa: E402
 from gs_reasoner_ros.srv import AskSpatialQuestion  # noqa: E402
 from gs_reasoner_ros.synthetic import synthetic_scene  # noqa: E402
 

@@ -18,11 +18,9 @@ import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
-from sensor_msgs.msg import PointCloud2  # noqa: E402
-from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from gs_reasoner_ros import geometry  # noqa: E402
-from gs_reasoner_ros.ros import conversions, qos, testing  # noqa: E402
+from gs_reasoner_ros.ros import conversions, harness  # noqa: E402
 from gs_reasoner_ros.ros.conversions.markers import decode_boxes  # noqa: E402
 from gs_reasoner_ros.scene import load_3dmatch  # noqa: E402
 
@@ -98,20 +96,10 @@ def fraction_near(query, ref, cell, reach, max_queries=20_000):
     return found.mean()
 
 
-class Probe(testing.Probe):
-    """The third process's node: the service clients, and the map cloud and markers it saw."""
-
-    def __init__(self):
-        super().__init__()
-        self.clouds, self.markers = [], []
-        self.node.create_subscription(PointCloud2, "/gs_reasoner/map_cloud", self.clouds.append, qos.LATCHED)
-        self.node.create_subscription(MarkerArray, "/gs_reasoner/markers", self.markers.append, qos.LATCHED)
-
-    def cloud_at(self, stamp, timeout=20.0):
-        ok = self.spin_until(lambda: self.clouds and abs(
-            conversions.stamp_to_sec(self.clouds[-1].header.stamp) - stamp) < 1e-6, timeout)
-        assert ok, "no map cloud up to the expected frame"
-        return self.clouds[-1]
+def cloud_at(probe, stamp):
+    cloud = probe.cloud_at(stamp)
+    assert cloud is not None, "no map cloud up to the expected frame"
+    return cloud
 
 
 @pytest.mark.timeout(120)
@@ -128,12 +116,12 @@ def test_three_process_replay_of_real_frames(rgbd_3dmatch, tmp_path):
         stdout=node_log, stderr=subprocess.STDOUT, env=env)
     replayer = subprocess.Popen([sys.executable, "-c", REPLAYER, str(rgbd_3dmatch)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    probe = Probe()
+    probe = harness.Probe()
     try:
         stamps = json.loads(replayer.stdout.readline() or "null")
         assert stamps, f"replayer failed; node log:\n{(tmp_path / 'node.log').read_text()[-3000:]}"
         # (1) the fused cloud covers every frame's surfaces
-        cloud = probe.cloud_at(stamps[-1])
+        cloud = cloud_at(probe, stamps[-1])
         assert cloud.header.frame_id == "map"
         before, colors = conversions.cloud_to_arrays(cloud)
         assert colors is not None and len(before) > 50_000
@@ -147,7 +135,7 @@ def test_three_process_replay_of_real_frames(rgbd_3dmatch, tmp_path):
         replayer.stdin.write("\n")
         replayer.stdin.flush()
         again = json.loads(replayer.stdout.readline())
-        after, _ = conversions.cloud_to_arrays(probe.cloud_at(again[0]))
+        after, _ = conversions.cloud_to_arrays(cloud_at(probe, again[0]))
         grown, same = len(after) / len(before) - 1, fraction_near(after, before, 0.01, 3)
         print(f"frame 0 again: map grew {grown:.2%}, {same:.2%} of map points within 3 cm of the map before")
         assert grown < 0.05, "the repeated frame added a displaced copy"

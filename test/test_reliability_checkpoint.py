@@ -14,12 +14,12 @@ import pytest
 import torch
 
 rclpy = pytest.importorskip("rclpy")
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
 from gs_reasoner_ros.model import GSReasonerForCausalLM  # noqa: E402
 from gs_reasoner_ros.reasoner import Reasoner, tiny_checkpoint_dir  # noqa: E402
-from gs_reasoner_ros.ros import testing  # noqa: E402
+from gs_reasoner_ros.ros import harness  # noqa: E402
 from gs_reasoner_ros.ros.node import ReasonerNode  # noqa: E402
 
 
@@ -97,16 +97,14 @@ def test_a_malicious_pickle_is_refused_without_running(tmp_path, good):
 
 # ---- the node --------------------------------------------------------------------------
 
-class Probe(testing.Probe):
+class Probe(harness.Probe):
     def __init__(self, ctx):
         super().__init__(ctx, name="ckpt_probe")
-        self.diag = None
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: setattr(self, "diag", m), 10)
 
     def model_status(self):
-        if self.diag is None:
+        if self.diag_msg is None:
             return None
-        return next(s for s in self.diag.status if s.name.endswith(": model"))
+        return next(s for s in self.diag_msg.status if s.name.endswith(": model"))
 
     def every_service_says(self, text):
         answers = [self.call("ask", question="where?"), self.call("ground", description="it"),

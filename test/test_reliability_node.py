@@ -25,7 +25,7 @@ from gs_reasoner_ros.reasoning import IMAGE_TOKEN_INDEX  # noqa: E402
 from gs_reasoner_ros.ros import conversions, params  # noqa: E402
 from gs_reasoner_ros.ros.node import load_reasoner  # noqa: E402
 from gs_reasoner_ros.ros.replay import CAMERA_FRAME  # noqa: E402
-from gs_reasoner_ros.ros.testing import InProcessNode  # noqa: E402
+from gs_reasoner_ros.ros.harness import InProcessNode  # noqa: E402
 from gs_reasoner_ros.scene_memory import Frame, VoxelMap  # noqa: E402
 from gs_reasoner_ros.synthetic import camera_path, default_intrinsics, make_room, render_rgbd  # noqa: E402
 

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REAL_FRAMES = REPO.parent / "shared" / "data" / "rgbd_3dmatch"
 
 
@@ -96,13 +96,10 @@ def _stop(proc: subprocess.Popen) -> int:
 
 
 def _session(args, out: Path, node: subprocess.Popen, budget: int, t_start: float) -> int:
-    import rclpy
-
     from gs_reasoner_ros.synthetic import synthetic_scene
 
     print(f"[demo] rendering the synthetic room (seed {args.seed}, {args.frames} frames, 640x480)")
     scene, room = synthetic_scene(args.seed, args.frames, 640, 480)
-    rclpy.init()
     client = _Client(node)
     try:
         if not client.wait_ready(args.startup_timeout):
@@ -119,12 +116,9 @@ def _session(args, out: Path, node: subprocess.Popen, budget: int, t_start: floa
         return 0 if ok else 1
     finally:
         client.close()
-        rclpy.try_shutdown()
 
 
 def _synthetic_room(client, scene, room, args, out: Path, budget: int) -> bool:
-    from gs_reasoner_ros.srv import AskSpatialQuestion, GroundObjects
-
     print(f"[demo] replaying {len(scene)} frames at {args.rate:g} Hz on color/image, depth/image, "
           "color/camera_info and /tf (map -> camera_color_optical_frame)")
     pts, cols = client.replay(scene, args.rate)
@@ -133,10 +127,10 @@ def _synthetic_room(client, scene, room, args, out: Path, budget: int) -> bool:
     print(f"[demo] fused map: {len(pts)} points (2 cm voxels) from ~/map_cloud")
     labels = [label for label, _, _ in room.objects]
     target = labels[0]
-    g = client.call("ground", GroundObjects.Request(description=f"the {target}", max_new_tokens=budget))
+    g = client.call("ground", description=f"the {target}", max_new_tokens=budget)
     _report(f"~/ground 'the {target}'", g)
     question = f"How far is the {labels[0]} from the {labels[1]}, in metres?"
-    a = client.call("ask", AskSpatialQuestion.Request(question=question, max_new_tokens=budget))
+    a = client.call("ask", question=question, max_new_tokens=budget)
     _report(f"~/ask '{question}'", a, answer=True)
     print("[demo] true furniture boxes (world frame 'map'):")
     truth = room.world_boxes()
@@ -148,20 +142,17 @@ def _synthetic_room(client, scene, room, args, out: Path, budget: int) -> bool:
 
 
 def _real_frames(client, folder: Path, args, out: Path, budget: int) -> bool:
-    from std_srvs.srv import Trigger
-
     from gs_reasoner_ros.scene import load_3dmatch
-    from gs_reasoner_ros.srv import AskSpatialQuestion
 
     scene = _gravity_up(load_3dmatch(folder))
-    c = client.call("clear", Trigger.Request())
+    c = client.call("clear")
     print(f"[demo] second scene: {folder} ({len(scene)} real RGB-D frames); ~/clear: {c.message if c else 'failed'}")
     pts, cols = client.replay(scene, min(args.rate, 5.0))
     if pts is None:
         return False
     print(f"[demo] fused map: {len(pts)} points")
     question = "What is the largest piece of furniture in this room?"
-    a = client.call("ask", AskSpatialQuestion.Request(question=question, max_new_tokens=budget))
+    a = client.call("ask", question=question, max_new_tokens=budget)
     _report(f"~/ask '{question}'", a, answer=True)
     _write_outputs(out, "_3dmatch", pts, cols, [_box_tuple(o) for o in (a.objects if a else [])])
     return a is not None
@@ -239,62 +230,36 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 class _Client:
-    """The demo's own node: a camera (ScenePlayer), the map subscription and service clients."""
+    """The demo's side over DDS: the shared harness Probe (camera, service clients, map cloud),
+    giving up as soon as the node process ends."""
 
     def __init__(self, node_proc: subprocess.Popen):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from sensor_msgs.msg import PointCloud2
-        from std_srvs.srv import Trigger
+        from gs_reasoner_ros.ros.harness import Probe
 
-        from gs_reasoner_ros.ros import qos
-        from gs_reasoner_ros.ros.replay import ScenePlayer
-        from gs_reasoner_ros.srv import AskSpatialQuestion, GroundObjects
-
-        self.proc = node_proc
-        self.node = rclpy.create_node("gs_reasoner_demo")
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(self.node)
-        self.player = ScenePlayer(self.node)
-        self.clouds = []
-        self.node.create_subscription(PointCloud2, "/gs_reasoner/map_cloud", self.clouds.append, qos.LATCHED)
-        self.clients = {"ground": self.node.create_client(GroundObjects, "/gs_reasoner/ground"),
-                        "ask": self.node.create_client(AskSpatialQuestion, "/gs_reasoner/ask"),
-                        "clear": self.node.create_client(Trigger, "/gs_reasoner/clear")}
-
-    def spin_until(self, predicate, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                return False
-            self.executor.spin_once(timeout_sec=0.05)
-        return True
+        self.probe = Probe(name="gs_reasoner_demo", alive=lambda: node_proc.poll() is None)
 
     def wait_ready(self, timeout: float) -> bool:
-        ready = self.spin_until(lambda: self.player.subscribers_ready()
-                                and all(c.service_is_ready() for c in self.clients.values()), timeout)
-        return ready and self.player.wait_for_subscribers(1.0)  # let the node's readers match too
+        p = self.probe
+        ready = p.spin_until(lambda: p.player.subscribers_ready() and p.services_ready(), timeout)
+        return ready and p.player.wait_for_subscribers(1.0)  # let the node's readers match too
 
     def replay(self, scene, rate: float):
         """Play the scene; return the decoded map cloud once it includes the last frame."""
         from gs_reasoner_ros.ros import conversions
 
-        stamps = self.player.play(scene, rate)
-        last = stamps[-1]
-        ok = self.spin_until(lambda: self.clouds and abs(
-            conversions.stamp_to_sec(self.clouds[-1].header.stamp) - last) < 1e-6, 30.0)
-        if not ok:
+        stamps = self.probe.player.play(scene, rate)
+        cloud = self.probe.cloud_at(stamps[-1], 30.0)
+        if cloud is None:
             print("[demo] the map never included the last frame (see the node log)")
             return None, None
-        return conversions.cloud_to_arrays(self.clouds[-1])
+        return conversions.cloud_to_arrays(cloud)
 
-    def call(self, name: str, request, timeout: float = 600.0):
-        future = self.clients[name].call_async(request)
-        if not self.spin_until(future.done, timeout):
-            print(f"[demo] ~/{name} did not answer within {timeout:.0f} s")
+    def call(self, name: str, timeout: float = 600.0, **fields):
+        try:
+            return self.probe.call(name, timeout, **fields)
+        except TimeoutError as err:
+            print(f"[demo] {err}")
             return None
-        return future.result()
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
+        self.probe.close()

@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,71 +151,10 @@ def render_loop(n: int, width: int, height: int, seed: int = 0):
     return K, poses, colors, depths
 
 
-# ---- the driver ---------------------------------------------------------------------------
-
-class _Driver:
-    """The soak's own ROS node: camera publishers, /diagnostics, service clients."""
-
-    def __init__(self, ctx):
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-
-        from gs_reasoner_ros.ros import qos
-        from gs_reasoner_ros.ros.replay import ScenePlayer
-        from gs_reasoner_ros.srv import AskSpatialQuestion, GroundObjects
-
-        self.node = rclpy.create_node("gs_reasoner_soak", context=ctx)
-        self.player = ScenePlayer(self.node)
-        self.diag: dict = {}
-        self._lock = threading.Lock()
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
-        self.ask = self.node.create_client(AskSpatialQuestion, f"{NODE}/ask", qos_profile=qos.SERVICES)
-        self.ground = self.node.create_client(GroundObjects, f"{NODE}/ground", qos_profile=qos.SERVICES)
-        self.executor = SingleThreadedExecutor(context=ctx)
-        self.executor.add_node(self.node)
-        self._spinning = True
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        while self._spinning:
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # noqa: BLE001 (context shut down while spinning)
-                return
-
-    def _on_diag(self, msg) -> None:
-        values = {}
-        for status in msg.status:
-            if status.name.startswith("gs_reasoner"):
-                values.update({kv.key: kv.value for kv in status.values})
-        with self._lock:
-            self.diag = values
-
-    def value(self, key: str, default: float = 0.0) -> float:
-        with self._lock:
-            v = self.diag.get(key)
-        try:
-            return float(v)
-        except (TypeError, ValueError):
-            return default
-
-    def ready(self) -> bool:
-        return (self.player.subscribers_ready() and self.ask.service_is_ready() and self.ground.service_is_ready()
-                and bool(self.diag))
-
-    def close(self) -> None:
-        self._spinning = False
-        self._thread.join(2.0)
-        self.executor.shutdown()
-        self.node.destroy_node()
-
-
 class _Queries:
     """Interleaved queries (one in flight) and the storm; counts outcomes, never blocks."""
 
-    def __init__(self, driver: _Driver, timeout_s: float = 120.0):
+    def __init__(self, driver, timeout_s: float = 120.0):
         self.d, self.timeout_s = driver, timeout_s
         self.ok = self.failed = self.refused = self.hung = 0
         self.latencies: list[float] = []
@@ -227,8 +165,6 @@ class _Queries:
 
     def tick(self, now: float, every: float, last_sent: float) -> float:
         """Collect a finished query; start the next one when due. Returns when the last was sent."""
-        from gs_reasoner_ros.srv import AskSpatialQuestion, GroundObjects
-
         if self._inflight is not None:
             future, sent = self._inflight
             if future.done():
@@ -241,9 +177,9 @@ class _Queries:
         if self._inflight is None and every > 0 and now - last_sent >= every:
             self._n += 1
             if self._n % 2:
-                future = self.d.ask.call_async(AskSpatialQuestion.Request(question="how big is the room?"))
+                future = self.d.call_async("ask", question="how big is the room?")
             else:
-                future = self.d.ground.call_async(GroundObjects.Request(description="the sofa"))
+                future = self.d.call_async("ground", description="the sofa")
             self._inflight = (future, now)
             return now
         return last_sent
@@ -261,12 +197,9 @@ class _Queries:
                 self.failures.append(resp.message[:200])
 
     def start_storm(self, now: float, frames_sent: int) -> None:
-        from gs_reasoner_ros.srv import AskSpatialQuestion
-
-        futures = [self.d.ask.call_async(AskSpatialQuestion.Request(question=f"storm {i}?"))
-                   for i in range(STORM_CALLS)]
+        futures = [self.d.call_async("ask", question=f"storm {i}?") for i in range(STORM_CALLS)]
         self.storm = {"futures": futures, "t0": now, "frames_sent_at_start": frames_sent,
-                      "synced_at_start": self.d.value("synced_total"), "done": False}
+                      "synced_at_start": self.d.diag_value("synced_total"), "done": False}
 
     def storm_tick(self, now: float, frames_sent: int) -> None:
         s = self.storm
@@ -284,7 +217,7 @@ class _Queries:
                  other_failures=sum(1 for r in results if r is not None and not r.success and "busy" not in r.message),
                  hung=sum(1 for r in results if r is None),
                  frames_sent_during=frames_sent - s["frames_sent_at_start"],
-                 synced_during=self.d.value("synced_total") - s["synced_at_start"])
+                 synced_during=self.d.diag_value("synced_total") - s["synced_at_start"])
         del s["futures"]
 
     def busy(self) -> bool:
@@ -312,6 +245,7 @@ def run_soak(cfg: SoakConfig, log=print) -> dict:
     import rclpy
 
     from gs_reasoner_ros.ros import dds
+    from gs_reasoner_ros.ros.harness import Probe
 
     cfg.check()
     out = Path(cfg.out)
@@ -325,9 +259,9 @@ def run_soak(cfg: SoakConfig, log=print) -> dict:
     rclpy.init(context=ctx)
     driver = None
     try:
-        driver = _Driver(ctx)
+        driver = Probe(ctx, name="gs_reasoner_soak", target=NODE, background=True)
         deadline = time.monotonic() + 60.0
-        while not driver.ready():
+        while not (driver.player.subscribers_ready() and driver.services_ready() and driver.diag()):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the node did not come up (exit {proc.poll()}); see {out / 'node.log'}")
             time.sleep(0.1)
@@ -423,7 +357,7 @@ def _warm(cfg, row: dict) -> bool:
 
 
 def _sample(driver, node_proc, queries, sent, t, send_wall, stamp0, stamp_hz) -> dict:
-    v = driver.value
+    v = driver.diag_value
     newest = v("newest_integrated_stamp", 0.0)
     k = int(round((newest - stamp0) * stamp_hz)) if newest > 0 else -1
     lag_frames = sent - 1 - k if k >= 0 else sent

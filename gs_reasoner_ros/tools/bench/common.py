@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-SHARED_3DMATCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "rgbd_3dmatch"
+SHARED_3DMATCH = Path(__file__).resolve().parents[4] / "shared" / "data" / "rgbd_3dmatch"
 
 
 def progress(msg: str) -> None:
