@@ -89,6 +89,27 @@ def tiny_checkpoint_dir(seed: int = 0) -> str:
         return _tiny_dirs[seed].name
 
 
+def warmup_scene(n_frames: int, width: int = 160, height: int = 120):
+    """Frames of a camera turning inside a 4 x 4 x 2.5 m box: enough points and pixels for every
+    kernel the model picks at its first real question (the content does not matter)."""
+    from .geometry import rotation_z
+    from .scene import Scene
+
+    rng = np.random.default_rng(0)
+    f = 0.8 * width
+    K = np.array([[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]])
+    rows = np.linspace(-1.0, 1.0, height, dtype=np.float32)[:, None]
+    depth = np.broadcast_to(2.0 + 0.5 * np.abs(rows), (height, width)).astype(np.float32)  # floor and ceiling
+    optical = np.array([[0.0, 0.0, 1.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    poses = []
+    for i in range(n_frames):
+        T = rotation_z(2 * np.pi * i / max(n_frames, 1)) @ optical  # optical axes: z forward, y down
+        T[2, 3] = 1.2
+        poses.append(T)
+    rgb = rng.integers(0, 256, (n_frames, height, width, 3), dtype=np.uint8)
+    return Scene(rgb, np.repeat(depth[None], n_frames, axis=0), K, np.stack(poses))
+
+
 def _check_finite(out) -> None:
     """Refuse an answer decoded from NaN/inf logits (broken weights, fp16 overflow): greedy
     decoding would still emit tokens, and they would read like an answer."""
@@ -211,11 +232,9 @@ class Reasoner:
         return self.warmup_s
 
     def _warm_stages(self) -> None:
-        """One question on a small synthetic scene: the vision kernels' first-call costs (cuDNN
+        """One question on a small generated scene: the vision kernels' first-call costs (cuDNN
         and cuBLAS choices, spconv tuning) are paid here; the caches are emptied after."""
-        from .synthetic import synthetic_scene
-
-        scene, _ = synthetic_scene(seed=0, n_frames=min(self.num_frames, 4), width=160, height=120)
+        scene = warmup_scene(min(self.num_frames, 4))
         eos, self.eos_token_ids = self.eos_token_ids, []
         try:
             self._query(scene, "warm-up", (), "spatial", 4, tensors=False)

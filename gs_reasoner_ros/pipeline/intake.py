@@ -27,6 +27,7 @@ from gs_reasoner_ros.pipeline.tf_tree import TfError
 from gs_reasoner_ros.pipeline.timeline import Timeline
 
 POLL_S = 0.02  # how often the intake thread retries frames waiting for their pose
+DEFAULT_QUEUE_SIZE = 4  # synced sets waiting for the thread (the intake_queue_size default)
 
 
 @dataclass

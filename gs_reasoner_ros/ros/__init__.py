@@ -1,7 +1,9 @@
-"""The ROS 2 shell of gs_reasoner_ros: the reasoner_node lifecycle node and its parts.
+"""The ROS 2 shell of gs_reasoner_ros: only what touches rclpy or messages.
 
-Only this package imports rclpy. Each module does one job: params (every parameter),
-qos, conversions (messages <-> numpy), sync (approximate-time synchronizer), tf_buffer,
-markers, diagnostics, query_worker (the model's thread), queries (ROS-free query logic),
-dds (FastDDS profile), replay (publishing a Scene as camera topics) and node.
+node (the reasoner_node lifecycle node: entities, callbacks, publishing, services), params
+(every parameter, one table), qos, conversions/ (one module per message family), sync (the
+synchronizer's subscribers), tf (the TF buffer behind one interface), diagnostics (the
+/diagnostics message), dds (FastDDS profile), replay (a Scene published as a camera) and
+harness (driving a node as a planner would, for the tests and tools). The work itself is done
+by the ROS-free packages: gs_reasoner_ros.pipeline, scene_memory, the reasoner.
 """

@@ -13,6 +13,10 @@ import sys
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+
+from gs_reasoner_ros.pipeline import intake
+
 
 @dataclass(frozen=True)
 class Param:
@@ -57,7 +61,7 @@ PARAMETERS: tuple[Param, ...] = (
     Param("tf_cache_s", 10.0, "History kept per TF edge (next configure).", 1.0, 300.0),
     Param("tf_pending_frames", 8, "Frames that may wait for TF at once; the oldest is dropped beyond it.",
           1, 64),
-    Param("intake_queue_size", 4, "Synced frames that may wait for the intake thread (decoding, pose, fusing); "
+    Param("intake_queue_size", intake.DEFAULT_QUEUE_SIZE, "Synced frames that may wait for the intake thread (decoding, pose, fusing); "
           "beyond it the oldest is dropped and counted (intake_dropped_total), so a slow machine falls behind "
           "by at most this many frames.", 1, 64),
     Param("time_jump_reset_s", 1.0, "If the stamps of an input or a TF edge, or the ROS clock (use_sim_time), go "
@@ -146,9 +150,6 @@ def check(name: str, value) -> str | None:
 
 def declare(node) -> SimpleNamespace:
     """Declare every parameter on `node` and return their current values."""
-    from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                    SetParametersResult)
-
     for p in PARAMETERS:
         desc = ParameterDescriptor(name=p.name, description=p.description, read_only=p.read_only)
         if p.choices:

@@ -231,7 +231,7 @@ def _bag_scene(path: Path, count: int, topics: dict, world_frame: str | None, sl
 
 def _decode_pairs(reader, conns, picks: list[_Pair]) -> Scene:
     """Second pass: decode the chosen colour and depth images into a Scene."""
-    from gs_reasoner_ros.ros.conversions import image_to_depth, image_to_rgb
+    from gs_reasoner_ros.pipeline.images import image_to_depth, image_to_rgb
 
     want = {"color": {p.color_index: p for p in picks}, "depth": {p.depth_index: p for p in picks}}
     images: dict[int, dict] = {id(p): {} for p in picks}

@@ -4,12 +4,14 @@ Header), images (Image), camera_info (CameraInfo and the synced RGB-D set), tran
 
 Written with numpy only: cv_bridge from PyPI is broken with numpy 2 (16UC1 decodes as uint8),
 and sensor_msgs_py is not on PyPI. Decoders validate first and raise ValueError naming the
-problem, so a callback can reject a bad message and go on. The names below are the ones the
+problem, so a callback can reject a bad message and go on. Image decoding itself is ROS-free
+(gs_reasoner_ros.pipeline.images: bag readers use it too). The names below are the ones the
 node and the tools use.
 """
 from gs_reasoner_ros.ros.conversions.camera_info import camera_info_to_k, decode_rgbd, make_camera_info
-from gs_reasoner_ros.ros.conversions.images import (COLOR_ENCODINGS, DEPTH_ENCODINGS, MAX_PIXELS, depth_to_image,
-                                                    image_array, image_to_depth, image_to_rgb, rgb_to_image)
+from gs_reasoner_ros.pipeline.images import (COLOR_ENCODINGS, DEPTH_ENCODINGS, MAX_PIXELS, image_array, image_to_depth,
+                                             image_to_rgb)
+from gs_reasoner_ros.ros.conversions.images import depth_to_image, rgb_to_image
 from gs_reasoner_ros.ros.conversions.objects import fill_query_response, grounded_object_msg
 from gs_reasoner_ros.ros.conversions.point_clouds import cloud_msg, cloud_to_arrays
 from gs_reasoner_ros.ros.conversions.stamps import header, sec_to_stamp, stamp_to_sec

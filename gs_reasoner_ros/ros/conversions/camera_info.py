@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image
 
+from gs_reasoner_ros.pipeline.images import image_to_depth, image_to_rgb
 from gs_reasoner_ros.pipeline.intake import RgbdFrame
-from gs_reasoner_ros.ros.conversions.images import image_to_depth, image_to_rgb
 from gs_reasoner_ros.ros.conversions.stamps import header, stamp_to_sec
 
 

@@ -105,11 +105,11 @@ def _intake(frames: list, rate_hz: float, duration_s: float) -> dict:
     intake_queue_size default) that drops the oldest when full, as the node does; one thread
     integrates them into the map and offers them to the keyframe store while another runs a
     busy model call."""
-    from gs_reasoner_ros.ros.params import BY_NAME
+    from gs_reasoner_ros.pipeline.intake import DEFAULT_QUEUE_SIZE
     from gs_reasoner_ros.scene_memory import Frame, KeyframeStore, make_voxel_map
 
     vmap, keyframes = make_voxel_map(voxel_size=0.02), KeyframeStore()
-    inbox: queue.Queue = queue.Queue(maxsize=BY_NAME["intake_queue_size"].default)
+    inbox: queue.Queue = queue.Queue(maxsize=DEFAULT_QUEUE_SIZE)
     stop_busy, done = threading.Event(), threading.Event()
     counts = dict(sent=0, dropped=0, integrated=0)
     lat: list[float] = []
