@@ -17,7 +17,7 @@ setup(
     package_data={"gs_reasoner_ros": ["*.json", "config/*.yaml", "config/*.xml"]},
     entry_points={
         "console_scripts": [
-            "reasoner_node = gs_reasoner_ros.ros.node:main",
+            "reasoner_node = gs_reasoner_ros.ros.process:main",
             "gs-reasoner = gs_reasoner_ros.tools.cli:main",
         ]
     },

@@ -72,7 +72,7 @@ def _isolate(out: Path) -> None:
 
 
 def _start_node(args, out: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "gs_reasoner_ros.ros.node", "--ros-args",
+    cmd = [sys.executable, "-m", "gs_reasoner_ros.ros.process", "--ros-args",
            "-p", f"device:={args.device}", "-p", f"num_frames:={args.num_frames}",
            "-p", "map_publish_period_s:=0.5", "-p", "keyframe_min_interval_s:=0.0",
            "-p", f"export_root:={(out / 'exports').resolve()}"]

@@ -115,7 +115,7 @@ def node_main(argv: list[str]) -> int:
     thread's stack into the log (the soak asks for it when the node does not exit)."""
     import faulthandler
 
-    from gs_reasoner_ros.ros.node import run
+    from gs_reasoner_ros.ros.process import run
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 
@@ -126,7 +126,7 @@ def _start_node(cfg: SoakConfig, log_path: Path) -> subprocess.Popen:
     params = {"max_keyframes": cfg.max_keyframes, "max_voxels": cfg.max_voxels, "diagnostics_period_s": 0.5,
               "num_frames": 16 if cfg.model == "tiny" else 32}
     args = [f"{k}:={v}" for k, v in params.items()] + list(cfg.node_params)
-    entry = ["-m", "gs_reasoner_ros.tools.soak", "node"] if cfg.model == "fake" else ["-m", "gs_reasoner_ros.ros.node"]
+    entry = ["-m", "gs_reasoner_ros.tools.soak", "node"] if cfg.model == "fake" else ["-m", "gs_reasoner_ros.ros.process"]
     cmd = [sys.executable, *entry, "--ros-args", *[x for a in args for x in ("-p", a)]]
     log = open(log_path, "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))

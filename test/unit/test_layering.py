@@ -5,6 +5,8 @@ dependency, it only moves the cost."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "gs_reasoner_ros"
@@ -128,3 +130,14 @@ def test_the_check_sees_imports():
     assert "gs_reasoner_ros.pipeline.intake" in graph["gs_reasoner_ros.ros.node"]
     assert "rclpy" in {i.split(".")[0] for i in _imports("gs_reasoner_ros.ros.node", _modules()["gs_reasoner_ros.ros.node"])}
     assert "gs_reasoner_ros.geometry" in graph["gs_reasoner_ros.pipeline.queries"]
+
+
+def test_the_pipeline_runs_without_ros():
+    """Importing the ROS-free packages loads no ROS module (checked in a fresh interpreter)."""
+    code = ("import sys; import gs_reasoner_ros.pipeline.intake, gs_reasoner_ros.pipeline.queries, "
+            "gs_reasoner_ros.pipeline.query_worker, gs_reasoner_ros.pipeline.tf_tree, "
+            "gs_reasoner_ros.pipeline.sync_matcher, gs_reasoner_ros.pipeline.export, gs_reasoner_ros.scene_memory, "
+            "gs_reasoner_ros.reasoner; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in %r))" % sorted(ROS_PACKAGES))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -177,7 +177,7 @@ def test_torchrun_fsdp_two_processes_on_cpu(setup):
     from pathlib import Path
 
     root, ckpt, data = setup
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[3]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", CHECKPOINT=str(ckpt),
                DATA=str(data["finetune"]), DATA_ROOT=str(root / "data"), OUTPUT=str(root / "fsdp"), NPROC="2",
                OMP_NUM_THREADS="1")

@@ -148,7 +148,7 @@ def test_node_stays_up_reports_and_configures_once_fixed(good, tmp_path):
 def test_node_process_does_not_exit_on_a_broken_checkpoint(good, tmp_path):
     folder = _copy(good, tmp_path)
     (folder / "config.json").unlink()
-    proc = subprocess.Popen([sys.executable, "-m", "gs_reasoner_ros.ros.node", "--ros-args", "-p",
+    proc = subprocess.Popen([sys.executable, "-m", "gs_reasoner_ros.ros.process", "--ros-args", "-p",
                              f"checkpoint:={folder}", "-p", "diagnostics_period_s:=0.2"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))

@@ -9,7 +9,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 
 from gs_reasoner_ros.ros import params  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 YAMLS = [REPO / "config" / "reasoner.yaml", REPO / "gs_reasoner_ros" / "config" / "reasoner.yaml"]
 
 

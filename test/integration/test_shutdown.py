@@ -19,7 +19,7 @@ from gs_reasoner_ros.synthetic import synthetic_scene  # noqa: E402
 LAUNCHER = r"""
 import sys, time
 from gs_reasoner_ros.reasoning import Answer
-from gs_reasoner_ros.ros.node import run
+from gs_reasoner_ros.ros.process import run
 
 class Stuck:
     untrained = False
@@ -82,7 +82,7 @@ def test_exit_within_two_seconds_during_a_query(sig):
     (["-p", "input_qos:=FAST"], 2, "input_qos"),
 ], ids=["out-of-range", "bad-choice"])
 def test_bad_configuration_fails_at_start_with_a_message(args, status, says):
-    proc = subprocess.run([sys.executable, "-m", "gs_reasoner_ros.ros.node", "--ros-args", *args],
+    proc = subprocess.run([sys.executable, "-m", "gs_reasoner_ros.ros.process", "--ros-args", *args],
                           capture_output=True, text=True, timeout=60)
     log = proc.stdout + proc.stderr
     assert proc.returncode == status, log

@@ -108,7 +108,7 @@ def test_three_process_replay_of_real_frames(rgbd_3dmatch, tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     node_log = open(tmp_path / "node.log", "w")
     node = subprocess.Popen(
-        [sys.executable, "-m", "gs_reasoner_ros.ros.node", "--ros-args",
+        [sys.executable, "-m", "gs_reasoner_ros.ros.process", "--ros-args",
          "-p", f"voxel_size:={VOXEL}", "-p", "map_stride:=1", "-p", "num_frames:=2",
          "-p", "map_publish_period_s:=0.2", "-p", "diagnostics_period_s:=0.5", "-p", "tf_timeout_s:=2.0",
          "-p", "keyframe_min_interval_s:=0.0", "-p", "max_voxels:=2000000",
