@@ -1,7 +1,7 @@
 """A scene: posed RGB-D frames in one world frame, and its file formats.
 
 This is the unit the model reasons over (the node's keyframes, `gs-reasoner infer --scene`,
-training samples and exports all become a Scene). Conventions (DESIGN.md, scene files):
+training samples and exports all become a Scene). Conventions (README: scene files):
 depth in metres with 0 or NaN for "no measurement", intrinsics of the depth image, poses
 camera-to-world with OpenCV optical axes (x right, y down, z forward).
 """

@@ -1,7 +1,8 @@
 """The release's checkpoint layout (`ymccccc/GS-Reasoner`): load, save and the key map.
 
 A checkpoint folder holds config.json and the weights as model.safetensors or as shards listed in
-model.safetensors.index.json, under the ORIGINAL LLaVA key names (gs_reasoner_model.md §4.3, §11).
+model.safetensors.index.json, under the ORIGINAL LLaVA key names (model.mm_projector.*, ...: the
+key map below).
 Pickled weights (.bin/.pt/.pth) are read only through torch.load(weights_only=True). The truncated
 SigLIP may be absent from the checkpoint; then it comes from a SigLIP folder (vision_tower=DIR).
 """

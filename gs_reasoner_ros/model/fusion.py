@@ -1,4 +1,4 @@
-"""GS-Reasoner's dual-path pooling and token layout (gs_reasoner_model.md §1.3, §1.5–1.8).
+"""GS-Reasoner's dual-path pooling and token layout, as in the released implementation.
 
 Each pooled 14x14 SigLIP token of a frame owns a 27x27-pixel "super patch" of the 378x378 crop.
 Inside it 8x8 points are sampled and encoded by Sonata; two paths pool those 64 point features

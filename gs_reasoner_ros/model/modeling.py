@@ -1,4 +1,4 @@
-"""GS-Reasoner: SigLIP + Sonata + dual-path pooling + Qwen2 (gs_reasoner_model.md §1).
+"""GS-Reasoner: SigLIP + Sonata + dual-path pooling + Qwen2, as released.
 
 The visual side turns F posed frames into F*210 embeddings that replace the single <image>
 placeholder of a ChatML prompt; the language model is transformers' Qwen2ForCausalLM fed with

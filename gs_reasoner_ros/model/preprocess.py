@@ -1,4 +1,4 @@
-"""Frame preprocessing exactly as the authors do it (gs_reasoner_model.md §2.1, §2.2, §11).
+"""Frame preprocessing exactly as the authors do it in the released implementation.
 
 Per frame: a world-coordinate map at DEPTH resolution (integer pixel coordinates, z-depth, invalid
 depth 0 left in place so it unprojects to the camera centre, as in training), nearest-resized to the

@@ -1,6 +1,6 @@
 """Training samples in the GS-Reasoner-Data JSON schema, turned into model inputs.
 
-A sample (gs_reasoner_model.md §5.4):
+A sample, as GS-Reasoner-Data writes it:
 
     {"id": ..., "video": "scannet/scene0000_00",          # GCoT: "data_source" + "scene_name"
      "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "<ground>" | text}],

@@ -1,4 +1,4 @@
-"""The authors' two training stages for GS-Reasoner (gs_reasoner_model.md §5).
+"""The authors' two training stages for GS-Reasoner.
 
 One code path for one CPU process, one GPU and torchrun on many GPUs: under torchrun
 (WORLD_SIZE > 1) every rank builds the same model, takes every world_size-th sample of the

@@ -32,7 +32,7 @@ def make_camera_info(k: np.ndarray, width: int, height: int, stamp: float, frame
 
 
 def decode_rgbd(color: Image, depth: Image, info: CameraInfo) -> RgbdFrame:
-    """Decode a synced triplet. The depth is registered to the colour camera (DESIGN.md),
+    """Decode a synced triplet. The depth is registered to the colour camera (README: what the node needs),
     so K from colour camera_info is rescaled to the depth resolution and the colour image
     resampled to it; differing aspect ratios are rejected."""
     rgb = image_to_rgb(color)
