@@ -234,7 +234,7 @@ class AlignmentInfo:
 
 def estimate_alignment(points, up=(0.0, 0.0, 1.0), *, cell: float | None = None, gravity_tol_deg: float = 5.0,
                        max_points: int = 50_000, seed: int = 0, return_info: bool = False, level: bool = True,
-                       cone_deg: float = 30.0, level_tol_deg: float = 0.5):
+                       cone_deg: float = 30.0, level_tol_deg: float = 0.5, poses=None):
     """The 4x4 transform A (world -> model frame) that GS-Reasoner expects: z along gravity,
     dominant walls parallel to x and y, origin at the cloud's centroid in x and y.
 
@@ -243,7 +243,8 @@ def estimate_alignment(points, up=(0.0, 0.0, 1.0), *, cell: float | None = None,
     than `level_tol_deg` off, A levels the map to it; otherwise A keeps `up` and the info says
     why. `level=False` trusts `up` as is (a world frame known to be gravity-aligned); the floor is
     still fitted for the check. Where world_frame's up may be far off (a visual SLAM starting in
-    the first camera's frame: y down), pass `camera_up(poses)[0]` as the hint. Walls: the
+    the first camera's frame: y down), pass the frames' camera-to-world `poses` (N,4,4): a hint
+    more than `cone_deg` from their `camera_up` is replaced by it (level_reason says so). Walls: the
     heading at which the vertical surfaces' projections are sharpest (alignment.fit_walls),
     plane-based and independent of the map's heading.
 
@@ -269,10 +270,17 @@ def estimate_alignment(points, up=(0.0, 0.0, 1.0), *, cell: float | None = None,
         raise ValueError(f"cell must be positive, got {cell}")
     if not 0 < cone_deg < 90:
         raise ValueError(f"cone_deg must be in (0, 90), got {cone_deg}")
+    up = up / np.linalg.norm(up)
+    hint_note = ""
+    if poses is not None:
+        cam_up, _ = camera_up(poses)
+        off = float(np.degrees(np.arccos(np.clip(up @ cam_up, -1.0, 1.0))))
+        if off > cone_deg:  # the floor cannot be within the cone around `up`: trust the cameras
+            up, hint_note = cam_up, f" (up hint: the cameras' up, {off:.0f} deg from the given up)"
     centroid = pts.mean(axis=0)  # of every point; only the fitting is subsampled
     if len(pts) > max_points:
         pts = pts[np.random.default_rng(seed).choice(len(pts), max_points, replace=False)]
-    R_up = rotation_to_z(up / np.linalg.norm(up))
+    R_up = rotation_to_z(up)
     fit = fit_frame(pts @ R_up.T, cell=cell, level=level, cone_deg=cone_deg, level_tol_deg=level_tol_deg, seed=seed)
     rot = fit.rotation @ R_up
     A = np.eye(4)
@@ -290,11 +298,11 @@ def estimate_alignment(points, up=(0.0, 0.0, 1.0), *, cell: float | None = None,
     if not gravity_ok:
         parts.append(f"WARNING: more than {gravity_tol_deg} deg, the map is not gravity-aligned")
         log.warning("estimate_alignment: floor normal is %.1f deg from up; the model expects a "
-                    "gravity-aligned z-up world (%s)", gravity_err, fit.level_reason)
-    parts.append(fit.level_reason)
+                    "gravity-aligned z-up world (%s)", gravity_err, fit.level_reason + hint_note)
+    parts.append(fit.level_reason + hint_note)
     info = AlignmentInfo(float(np.degrees(fit.walls.yaw)), fit.walls.found, fit.walls.support, gravity_err,
                          gravity_ok, "; ".join(parts), fit.floor.found, fit.leveled, fit.correction_deg,
-                         fit.level_reason, tuple(float(v) for v in rot[2]), fit.floor.area_m2)
+                         fit.level_reason + hint_note, tuple(float(v) for v in rot[2]), fit.floor.area_m2)
     return (A, info) if return_info else A
 
 
