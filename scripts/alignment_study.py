@@ -165,6 +165,7 @@ def load_estimator(rev: str | None):
     text = subprocess.run(["git", "show", f"{rev}:gs_reasoner_ros/geometry.py"], cwd=ROOT, check=True,
                           capture_output=True, text=True).stdout
     mod = types.ModuleType(f"geometry_{rev}")
+    sys.modules[mod.__name__] = mod  # dataclasses look their module up there
     exec(compile(text, f"geometry@{rev}", "exec"), mod.__dict__)  # the old module imported only numpy
     return mod.estimate_alignment
 
