@@ -186,10 +186,10 @@ def _sharpness(xy: np.ndarray, thetas: np.ndarray, bin_m: float) -> np.ndarray:
     themselves, not a grid, so it does not depend on the map's heading."""
     u = np.stack([np.cos(thetas), np.sin(thetas)]).astype(np.float32)
     rho = xy.astype(np.float32) @ u / np.float32(bin_m)  # (N,K)
-    rho -= rho.min(axis=0)
+    rho -= rho.min(axis=0) - 1.0  # a free bin below the lowest: smoothing must not drop its mass
     i0 = np.floor(rho).astype(np.int64)
     frac = (rho - i0).ravel()
-    nb = int(i0.max()) + 2
+    nb = int(i0.max()) + 3
     key = (i0 + np.arange(len(thetas)) * nb).ravel()
     hist = (np.bincount(key, 1.0 - frac, len(thetas) * nb)
             + np.bincount(key + 1, frac, len(thetas) * nb)).reshape(len(thetas), nb)

@@ -152,3 +152,13 @@ def test_boxes_round_trip_through_a_leveled_alignment(room):
         # leveled and squared: the model-frame box hugs the object (the walls may land on x or y)
         ext, tol = hi - lo, 0.02 * size.max() + 0.005
         assert abs(ext[2] - size[2]) < tol and np.abs(np.sort(ext[:2]) - np.sort(size[:2])).max() < tol, label
+
+
+def test_a_single_wall_seen_face_on_gives_its_own_heading():
+    # one plane, all its points in one bin along its normal: the sharpest heading must be that
+    # normal (a histogram edge once dropped the spike's smoothed mass and picked 17 degrees)
+    room = make_room(3, n_objects=1)
+    x = room.size[0] / 2 - 0.7
+    points = render(room, [look_at([x, 0.0, 1.5], [x + 1.0, 0.0, 1.5])], size=(240, 180))
+    A, info = g.estimate_alignment(points @ rot(2, 12.0).T, return_info=True)
+    assert info.walls_found and wall_error(A, rot(2, 12.0) @ X) < 0.5 and info.wall_support > 0.9
