@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .alignment import fit_frame, rotation_to_z
+
 log = logging.getLogger(__name__)
 
 
@@ -215,67 +217,46 @@ def aligned_box_to_world(box_min, box_max, A) -> tuple[np.ndarray, np.ndarray, n
 
 @dataclass
 class AlignmentInfo:
-    """What `estimate_alignment` found, for logs and diagnostics."""
+    """What `estimate_alignment` found, for logs, /diagnostics and query responses."""
     yaw_deg: float  # wall direction found, modulo 90 degrees; A turns the world by minus this about up
     walls_found: bool  # False: too little vertical planar structure, yaw left at 0
-    wall_support: float  # fraction of planar surface area voting for the chosen wall direction
-    gravity_error_deg: float  # angle between the floor/ceiling normal and `up`; NaN if none seen
-    gravity_ok: bool  # gravity_error_deg <= the tolerance (or no horizontal planes seen)
-    message: str
-
-
-def _rotation_to_z(up: np.ndarray) -> np.ndarray:
-    """Smallest 3x3 rotation taking the unit vector `up` to +z."""
-    z = np.array([0.0, 0.0, 1.0])
-    axis = np.cross(up, z)
-    s, c = np.linalg.norm(axis), float(up @ z)
-    if s < 1e-12:
-        return np.eye(3) if c > 0 else np.diag([1.0, -1.0, -1.0])
-    k = axis / s
-    Kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + s * Kx + (1 - c) * Kx @ Kx
-
-
-def _cell_normals(points: np.ndarray, cell: float, min_count: int = 8):
-    """Plane normals of the points in each `cell`-sized cube, from the covariance of each cell
-    (local PCA), keeping only flat cells. Returns (normals (C,3), weights (C,) = point counts)."""
-    ijk = np.floor(points / cell).astype(np.int64)
-    ijk -= ijk.min(axis=0)
-    dims = ijk.max(axis=0) + 1
-    key = (ijk[:, 0] * dims[1] + ijk[:, 1]) * dims[2] + ijk[:, 2]
-    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
-    n = len(counts)
-    centred = points - points.mean(axis=0)  # keeps the second moments well conditioned
-    mean = np.stack([np.bincount(inverse, centred[:, i], n) for i in range(3)], 1) / counts[:, None]
-    cov = np.empty((n, 3, 3))
-    for i in range(3):
-        for j in range(i, 3):
-            m = np.bincount(inverse, centred[:, i] * centred[:, j], n) / counts - mean[:, i] * mean[:, j]
-            cov[:, i, j] = cov[:, j, i] = m
-    keep = counts >= min_count
-    evals, evecs = np.linalg.eigh(cov[keep])
-    # Flat: the smallest spread is much smaller than the middle one (a plane, not an edge or clutter).
-    flat = evals[:, 0] < 0.05 * evals[:, 1]
-    return evecs[flat, :, 0], counts[keep][flat].astype(np.float64)
+    wall_support: float  # fraction of vertical plane area within 5 deg (mod 90) of the wall direction
+    gravity_error_deg: float  # angle between the fitted floor's normal and `up`; NaN if no floor found
+    gravity_ok: bool  # gravity_error_deg <= gravity_tol_deg (or no floor found): `up` was gravity
+    message: str  # one line with all of the above
+    floor_found: bool  # a clear floor (lowest large horizontal plane within cone_deg of up) was fitted
+    leveled: bool  # A levels the map to that floor; False: A keeps `up` as given (see level_reason)
+    up_correction_deg: float  # how far A's up is from the given `up` (0 when kept)
+    level_reason: str  # short: "leveled to the floor (2.3 deg)", "kept up as given: no clear floor (...)"
+    up: tuple  # the up direction A uses, in world coordinates (A maps it to +z)
+    floor_area_m2: float  # area of the plane taken for the floor (0 when none)
 
 
 def estimate_alignment(points, up=(0.0, 0.0, 1.0), *, cell: float | None = None, gravity_tol_deg: float = 5.0,
-                       max_points: int = 50_000, seed: int = 0, return_info: bool = False):
-    """The 4x4 transform A (world -> model frame) that GS-Reasoner expects: z along `up`,
+                       max_points: int = 50_000, seed: int = 0, return_info: bool = False, level: bool = True,
+                       cone_deg: float = 30.0, level_tol_deg: float = 0.5, poses=None):
+    """The 4x4 transform A (world -> model frame) that GS-Reasoner expects: z along gravity,
     dominant walls parallel to x and y, origin at the cloud's centroid in x and y.
+
+    `up` is a hint, not a truth: the floor is fitted (the lowest large horizontal plane whose
+    normal is within `cone_deg` of `up`, see alignment.fit_floor) and, when it is clear and more
+    than `level_tol_deg` off, A levels the map to it; otherwise A keeps `up` and the info says
+    why. `level=False` trusts `up` as is (a world frame known to be gravity-aligned); the floor is
+    still fitted for the check. Where world_frame's up may be far off (a visual SLAM starting in
+    the first camera's frame: y down), pass the frames' camera-to-world `poses` (N,4,4): a hint
+    more than `cone_deg` from their `camera_up` is replaced by it (level_reason says so). Walls: the
+    heading at which the vertical surfaces' projections are sharpest (alignment.fit_walls),
+    plane-based and independent of the map's heading.
 
     Choice of origin: z is kept (only x and y are centred) because a REP-105 map already has its
     floor near z = 0, like the axis-aligned ScanNet scenes that dominate the training data; the
-    model tolerates origin offsets (its training adds +-1 m shifts).
+    model tolerates origin offsets (its training adds +-1 m shifts). A is rigid, so boxes found
+    in the model frame map back exactly with its inverse (aligned_box_to_world).
 
-    How: local-PCA normals of flat cells (`cell` metres; by default 10 cm, doubled up to 40 cm
-    while fewer than 30 % of the points lie in flat cells, as on coarse or sparse maps); each
-    near-vertical plane votes with its area for
-    its normal's horizontal angle modulo 90 degrees (a circular histogram over 4*angle), the peak
-    is refined by a weighted circular mean. Horizontal planes give the gravity check: when their
-    normal is more than `gravity_tol_deg` from `up` the alignment is still returned but the info
-    says so and a warning is logged. Points beyond `max_points` are subsampled with `seed`.
+    `cell`: flat-cell edge in metres (default: 10 cm, doubled up to 40 cm on coarse or noisy
+    maps). When the floor is more than `gravity_tol_deg` from `up` the info says the map is not
+    gravity-aligned and a warning is logged (A levels it anyway unless level=False). Points
+    beyond `max_points` are subsampled with `seed`.
 
     Returns A, or (A, AlignmentInfo) with return_info=True."""
     pts = as_array(points, "points", (-1, 3), finite=False)
@@ -287,43 +268,41 @@ def estimate_alignment(points, up=(0.0, 0.0, 1.0), *, cell: float | None = None,
         raise ValueError("up must be a non-zero vector")
     if cell is not None and not cell > 0:
         raise ValueError(f"cell must be positive, got {cell}")
-    centroid = pts.mean(axis=0)  # of every point; only the plane fitting is subsampled
+    if not 0 < cone_deg < 90:
+        raise ValueError(f"cone_deg must be in (0, 90), got {cone_deg}")
+    up = up / np.linalg.norm(up)
+    hint_note = ""
+    if poses is not None:
+        cam_up, _ = camera_up(poses)
+        off = float(np.degrees(np.arccos(np.clip(up @ cam_up, -1.0, 1.0))))
+        if off > cone_deg:  # the floor cannot be within the cone around `up`: trust the cameras
+            up, hint_note = cam_up, f" (up hint: the cameras' up, {off:.0f} deg from the given up)"
+    centroid = pts.mean(axis=0)  # of every point; only the fitting is subsampled
     if len(pts) > max_points:
         pts = pts[np.random.default_rng(seed).choice(len(pts), max_points, replace=False)]
-    R_up = _rotation_to_z(up / np.linalg.norm(up))
-    p = pts @ R_up.T  # up is now +z
-    normals, weights = np.zeros((0, 3)), np.zeros(0)
-    for size in ([cell] if cell is not None else [0.1, 0.2, 0.4]):
-        if len(p) >= 8:
-            normals, weights = _cell_normals(p, size)
-        if weights.sum() >= 0.3 * len(p):
-            break
-
-    horizontal = np.abs(normals[:, 2]) > np.cos(np.deg2rad(20))
-    gravity_err = float("nan")
-    if horizontal.any():
-        nz = normals[horizontal] * np.sign(normals[horizontal, 2:3])
-        mean_n = (nz * weights[horizontal, None]).sum(0)
-        gravity_err = float(np.degrees(np.arccos(np.clip(mean_n[2] / np.linalg.norm(mean_n), -1, 1))))
-    gravity_ok = not gravity_err > gravity_tol_deg
-
-    yaw, support, walls = _wall_yaw(normals, weights)
-    rot = rotation_z(-yaw)[:3, :3] @ R_up
+    R_up = rotation_to_z(up)
+    fit = fit_frame(pts @ R_up.T, cell=cell, level=level, cone_deg=cone_deg, level_tol_deg=level_tol_deg, seed=seed)
+    rot = fit.rotation @ R_up
     A = np.eye(4)
     A[:3, :3] = rot
     A[:3, 3] = -rot @ centroid
     A[2, 3] = 0.0  # keep z: only x and y are centred (see docstring)
 
-    parts = [f"yaw {np.degrees(yaw):.1f} deg" if walls else "no dominant walls, yaw left at 0"]
+    gravity_err = fit.floor.tilt_deg if fit.floor.found else float("nan")
+    gravity_ok = not gravity_err > gravity_tol_deg
+    parts = [fit.walls.reason if fit.walls.found else f"no dominant walls ({fit.walls.reason}), yaw left at 0"]
     if np.isnan(gravity_err):
-        parts.append("no floor/ceiling seen, gravity unchecked")
+        parts.append("no floor seen, gravity unchecked")
     else:
         parts.append(f"floor normal {gravity_err:.1f} deg from up")
     if not gravity_ok:
         parts.append(f"WARNING: more than {gravity_tol_deg} deg, the map is not gravity-aligned")
         log.warning("estimate_alignment: floor normal is %.1f deg from up; the model expects a "
-                    "gravity-aligned z-up world", gravity_err)
-    info = AlignmentInfo(float(np.degrees(yaw)), walls, support, gravity_err, gravity_ok, "; ".join(parts))
+                    "gravity-aligned z-up world (%s)", gravity_err, fit.level_reason + hint_note)
+    parts.append(fit.level_reason + hint_note)
+    info = AlignmentInfo(float(np.degrees(fit.walls.yaw)), fit.walls.found, fit.walls.support, gravity_err,
+                         gravity_ok, "; ".join(parts), fit.floor.found, fit.leveled, fit.correction_deg,
+                         fit.level_reason + hint_note, tuple(float(v) for v in rot[2]), fit.floor.area_m2)
     return (A, info) if return_info else A
 
 
@@ -343,22 +322,3 @@ def camera_up(poses) -> tuple[np.ndarray, float]:
     up = -mean / np.linalg.norm(mean)
     spread = float(np.degrees(np.arccos(np.clip((-downs @ up).min(), -1.0, 1.0))))
     return up, spread
-
-
-def _wall_yaw(normals: np.ndarray, weights: np.ndarray) -> tuple[float, float, bool]:
-    """Yaw (radians, in [-45, 45) deg) of the dominant vertical-plane normal direction modulo 90
-    degrees, the fraction of vertical-plane weight near it, and whether it is trustworthy."""
-    vertical = np.abs(normals[:, 2]) < 0.1
-    if weights[vertical].sum() < 50:  # fewer than ~50 points' worth of wall: no reliable yaw
-        return 0.0, 0.0, False
-    angle4 = 4.0 * np.arctan2(normals[vertical, 1], normals[vertical, 0])  # period 90 deg -> 360
-    w = weights[vertical]
-    bins = 180  # 0.5 degree of yaw per bin
-    idx = np.floor((angle4 % (2 * np.pi)) / (2 * np.pi) * bins).astype(int) % bins
-    hist = np.bincount(idx, w, bins)
-    smooth = sum(np.roll(hist, k) for k in range(-4, 5))  # +-2 deg of yaw, circular
-    peak = (np.argmax(smooth) + 0.5) / bins * 2 * np.pi
-    near = np.abs(np.angle(np.exp(1j * (angle4 - peak)))) < np.deg2rad(4 * 4)  # within 4 deg
-    mean4 = np.angle(np.sum(w[near] * np.exp(1j * angle4[near])))
-    support = float(w[near].sum() / w.sum())
-    return float(mean4 / 4.0), support, True
