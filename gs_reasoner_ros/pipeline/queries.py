@@ -57,6 +57,7 @@ class QueryLimits:
     max_new_tokens_limit: int = 2048
     num_frames: int = 32
     align_to_walls: bool = True
+    trust_world_frame: bool = False  # take world_frame's z as gravity; else level the map to its floor
 
 
 def token_budget(requested: int, limits: QueryLimits) -> tuple[int | None, str]:
@@ -89,7 +90,8 @@ class QueryEngine:
     def __init__(self, reasoner, keyframes, voxel_map, default_limits: QueryLimits | None = None):
         self.reasoner, self.keyframes, self.voxel_map = reasoner, keyframes, voxel_map
         self.default_limits = default_limits or QueryLimits()
-        self._alignment: tuple[int, np.ndarray] | None = None  # (keyframes.version, A)
+        self._alignment: tuple[tuple, np.ndarray] | None = None  # ((keyframes.version, trust), A)
+        self.alignment_info = None  # geometry.AlignmentInfo of the alignment in use
 
     def prepare_ask(self, question: str, options=(), direct: bool = False, max_new_tokens: int = 0,
                     limits: QueryLimits | None = None) -> QueryRequest | QueryOutcome:
@@ -130,17 +132,30 @@ class QueryEngine:
         Estimated again only when the keyframes changed: the map keeps growing while the camera
         streams, and an alignment that moved by a hair would make the model encode the same
         keyframes again, where a follow-up question reuses their visual tokens and prompt."""
-        if not (limits or self.default_limits).align_to_walls:
+        limits = limits or self.default_limits
+        if not limits.align_to_walls:
             return np.eye(4)
-        version = self.keyframes.version
-        if self._alignment is not None and self._alignment[0] == version:
+        key = (self.keyframes.version, limits.trust_world_frame)
+        if self._alignment is not None and self._alignment[0] == key:
             return self._alignment[1]
         points = self.voxel_map.points()
         if len(points) < MIN_ALIGNMENT_POINTS:
             return np.eye(4)  # not kept: the next question may have enough points
-        A = geometry.estimate_alignment(points)  # adapts its cell size to coarse maps
-        self._alignment = (version, A)
+        poses = [f.pose for f in self.keyframes.frames()]
+        A, info = geometry.estimate_alignment(points, level=not limits.trust_world_frame, return_info=True,
+                                              poses=np.stack(poses) if poses else None)
+        self._alignment, self.alignment_info = (key, A), info
         return A
+
+    def alignment_note(self) -> str:
+        """What the answer's frame is, when the model did not get world_frame's z as is: the map
+        levelled to its floor, or world_frame's z kept because no floor was clear."""
+        info = self.alignment_info
+        if info is None or (info.floor_found and not info.leveled):
+            return ""
+        if info.leveled:
+            return f"frame: world_frame levelled by {info.up_correction_deg:.1f} deg to the fitted floor"
+        return f"frame: world_frame's z kept ({info.level_reason})"
 
     def run(self, req: QueryRequest) -> QueryOutcome:
         """Align the scene, ask the model, put its boxes into the world frame."""
@@ -156,7 +171,7 @@ class QueryEngine:
         try:
             A = self.alignment(limits)
             scene = self.keyframes.to_scene(limits.num_frames, A)
-            notes += _gravity_notes(scene.poses)
+            notes += _gravity_notes(scene.poses) + [n for n in (self.alignment_note(),) if n]
             result = self.reasoner.answer(scene, req.text, options=tuple(req.options), task=req.task,
                                           max_new_tokens=budget)
             objects = [self._to_world(b, A) for b in result.objects]

@@ -44,7 +44,8 @@ def diagnostic_array(node_name: str, stamp, snap: dict, active: bool) -> Diagnos
     tf_msg = f"dropping frames without a pose: {g('last_tf_failure', '')}" if tf_level == WARN else "poses found"
     mapping = {k: g(k, 0) for k in ("keyframes", "map_points", "integrated_total", "newest_integrated_stamp",
                                     "time_jump_resets_total", "relocalizations_total")}
-    mapping.update({k: g(k, "") for k in ("last_time_jump", "last_relocalization")})
+    mapping.update({k: g(k, "") for k in ("last_time_jump", "last_relocalization", "alignment",
+                                          "alignment_up_correction_deg", "alignment_wall_yaw_deg")})
     model = {k: g(k, "") for k in ("model_loaded", "untrained", "checkpoint", "device", "configure_error")}
     model.update({k: g(k, 0) for k in ("queries_served_total", "queries_failed_total", "queries_refused_total",
                                        "last_query_latency_s", "query_running")})

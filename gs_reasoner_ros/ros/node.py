@@ -290,7 +290,7 @@ class ReasonerNode(LifecycleNode):
         """Limits for the next query: the caps the model was loaded with, the rest live."""
         p, loaded = self.p, self._loaded_p or self.p
         return QueryLimits(loaded.max_question_chars, p.default_max_new_tokens, loaded.max_new_tokens_limit,
-                           p.num_frames, p.align_to_walls)
+                           p.num_frames, p.align_to_walls, p.trust_world_frame)
 
     # ---- intake (the pipeline does the work; these only count and hand over) -------
 
@@ -377,6 +377,11 @@ class ReasonerNode(LifecycleNode):
                 self.health.set("keyframes", len(self.keyframes))
                 self.health.set("map_points", len(self.voxel_map))
                 self.health.set("newest_integrated_stamp", round(intake.newest_stamp, 3))
+            info = self.engine.alignment_info if self.engine is not None else None
+            if info is not None:
+                self.health.set("alignment", info.level_reason)
+                self.health.set("alignment_up_correction_deg", round(info.up_correction_deg, 2))
+                self.health.set("alignment_wall_yaw_deg", round(info.yaw_deg, 1))
             last = self._last_synced_wall
             self.health.set("last_frame_age_s", "never" if last is None else round(time.monotonic() - last, 2))
             self.health.set("input_gap_s", self.p.input_gap_s)

@@ -110,6 +110,9 @@ PARAMETERS: tuple[Param, ...] = (
           "(next configure)."),
     Param("align_to_walls", True, "Rotate the scene about gravity so the dominant walls are axis-aligned "
           "for the model (as in training); boxes are rotated back to world_frame."),
+    Param("trust_world_frame", False, "Take world_frame's z as gravity as it is; false (default): fit the "
+          "map's floor and level the scene the model sees to it when the floor is clear (keeping "
+          "world_frame's z when it is not; /diagnostics and the answer's message say which)."),
     Param("default_max_new_tokens", 0, "Token budget when a request says 0; 0 = the model's per-task default "
           "(1024 with chain of thought, 512 for grounding and direct answers).", 0, 8192),
     Param("max_new_tokens_limit", 2048, "Largest token budget a request may ask for; larger requests are "

@@ -286,3 +286,34 @@ def test_direct_multiple_choice_goes_to_the_direct_prompt_with_its_options(rotat
     out = e.ask("Is the sofa left of the tv?", ["A. yes", "B. no"], direct=True)
     assert out.success
     assert e.reasoner.calls[0]["task"] == "qa" and list(e.reasoner.calls[0]["options"]) == ["A. yes", "B. no"]
+
+
+def tilted_memory(room_fixture, degrees):
+    """The same room in a world frame whose z is `degrees` off gravity (about x)."""
+    tilt = geometry.make_transform(np.zeros(3), [np.sin(np.radians(degrees) / 2), 0.0, 0.0,
+                                                 np.cos(np.radians(degrees) / 2)])
+    vmap, store = VoxelMap(0.05), KeyframeStore(max_keyframes=50, min_interval_s=0.0)
+    for f in room_fixture[2].frames():
+        moved = Frame(f.rgb, f.depth, f.K, tilt @ f.pose, f.stamp)
+        vmap.integrate_frame(moved)
+        store.offer(moved)
+    return room_fixture[0], vmap, store, tilt
+
+
+def test_a_tilted_world_is_levelled_and_the_answer_says_so(rotated_room):
+    room, vmap, store, tilt = tilted_memory(rotated_room, 3.0)
+    e = QueryEngine(BoxOracle(room), store, vmap, QueryLimits())
+    out = e.ground("the sofa")
+    assert out.success and re.search(r"levelled by [23]\.\d deg to the fitted floor", out.message), out.message
+    gravity_in_world = tilt[:3, 2]  # the true up, in the tilted world's coordinates
+    model_up = np.linalg.inv(e.reasoner.calls[0]["A"])[:3, 2]
+    assert np.degrees(np.arccos(np.clip(model_up @ gravity_in_world, -1, 1))) < 1.0
+    assert e.alignment_info.leveled and e.alignment_info.floor_found
+
+
+def test_trusting_world_frame_keeps_its_z(rotated_room):
+    room, vmap, store, _ = tilted_memory(rotated_room, 3.0)
+    e = QueryEngine(BoxOracle(room), store, vmap, QueryLimits(trust_world_frame=True))
+    out = e.ground("the sofa")
+    assert out.success and "levelled" not in out.message
+    np.testing.assert_allclose(np.linalg.inv(e.reasoner.calls[0]["A"])[:3, 2], [0, 0, 1], atol=1e-9)
