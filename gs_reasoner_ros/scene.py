@@ -71,6 +71,15 @@ class Scene:
                      self.axis_align.copy(), None if self.stamps is None else self.stamps[idx],
                      None if self.frame_ids is None else tuple(self.frame_ids[i] for i in idx))
 
+    def world_points(self, stride: int = 4) -> np.ndarray:
+        """(N, 3) finite points of every frame's depth (every `stride`-th pixel) in the world frame."""
+        from .geometry import transform_points, unproject_depth
+
+        clouds = [transform_points(T, unproject_depth(d, K, stride).reshape(-1, 3))
+                  for d, K, T in zip(self.depth, self.intrinsics, self.poses)]
+        pts = np.concatenate(clouds) if clouds else np.zeros((0, 3))
+        return pts[np.all(np.isfinite(pts), axis=1)]
+
     def uniform_indices(self, count: int) -> np.ndarray:
         """The authors' frame choice: np.linspace over all frames, as integers."""
         if len(self) <= count:

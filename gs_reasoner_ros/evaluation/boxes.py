@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from gs_reasoner_ros import geometry
+
 _BOX_GROUP = re.compile(r"([^\s,<>][^,<>]*?)\s+(\d+)\s+((?:<bbox>\([^)]*\)</bbox>)+)")
 _BOX = re.compile(r"<bbox>\(([^)]*)\)</bbox>")
 
@@ -49,11 +51,7 @@ def aabb_iou(a, b) -> float:
     """IoU of two axis-aligned boxes given as [min xyz, max xyz] (corners in either order)."""
     a = np.asarray(a, dtype=np.float64).reshape(2, 3)
     b = np.asarray(b, dtype=np.float64).reshape(2, 3)
-    a_lo, a_hi = a.min(0), a.max(0)
-    b_lo, b_hi = b.min(0), b.max(0)
-    inter = np.prod(np.clip(np.minimum(a_hi, b_hi) - np.maximum(a_lo, b_lo), 0.0, None))
-    union = np.prod(a_hi - a_lo) + np.prod(b_hi - b_lo) - inter
-    return float(inter / union) if union > 0 else 0.0
+    return geometry.aabb_iou(a.min(0), a.max(0), b.min(0), b.max(0))
 
 
 def iou_matrix(preds: Sequence, gts: Sequence) -> np.ndarray:

@@ -160,24 +160,11 @@ def _real_frames(client, folder: Path, args, out: Path, budget: int) -> bool:
 
 def _gravity_up(scene):
     """3DMatch poses live in the first camera's world (y roughly down), not a z-up map. Re-express
-    them as a robot's map would be: z along the floor normal, walls along x and y. The floor is
-    the plane through the lowest points along the cameras' mean up axis (cameras are pitched, so
-    their own axes are ~15 degrees off)."""
-    import numpy as np
-
+    them as a robot's map would be: z along the fitted floor's normal (the cameras' up is the hint),
+    walls along x and y."""
     from gs_reasoner_ros import geometry
 
-    up, _ = geometry.camera_up(scene.poses)
-    pts = np.concatenate([geometry.transform_points(T, geometry.unproject_depth(d, K, stride=8).reshape(-1, 3))
-                          for d, K, T in zip(scene.depth, scene.intrinsics, scene.poses)])
-    pts = pts[np.all(np.isfinite(pts), axis=1)]
-    height = pts @ up
-    floor = pts[height < np.percentile(height, 5) + 0.05]
-    normal = np.linalg.svd(floor - floor.mean(axis=0), full_matrices=False)[2][-1]
-    normal *= np.sign(normal @ up)
-    if normal @ up > np.cos(np.radians(30)):
-        up = normal
-    A, info = geometry.estimate_alignment(pts, up=up, return_info=True)
+    A, info = geometry.estimate_alignment(scene.world_points(8), poses=scene.poses, return_info=True)
     print(f"[demo] re-expressing the recording z-up for the map frame ({info.message})")
     scene.poses = A @ scene.poses
     return scene

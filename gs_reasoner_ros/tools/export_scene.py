@@ -105,7 +105,7 @@ def export_scene(source, out, frames: int = 32, all_frames: bool = False, topics
     if align:
         from gs_reasoner_ros.geometry import estimate_alignment
 
-        A, info = estimate_alignment(_scene_points(scene), return_info=True)
+        A, info = estimate_alignment(scene.world_points(), poses=scene.poses, return_info=True)
         scene.axis_align = A
         result.notes.append(f"alignment: {info.message}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -140,15 +140,6 @@ def _scene_keyframes(scene: Scene, count: int, policy: dict, result: ExportResul
         store.offer(Frame(scene.rgb[i], scene.depth[i], scene.intrinsics[i], scene.poses[i], stamps[i]))
     result.candidates, result.keyframes = len(scene), len(store)
     return store.to_scene(count, scene.axis_align)
-
-
-def _scene_points(scene: Scene, stride: int = 4) -> np.ndarray:
-    from gs_reasoner_ros.geometry import transform_points, unproject_depth
-
-    clouds = [transform_points(scene.poses[i], unproject_depth(scene.depth[i], scene.intrinsics[i], stride))
-              for i in range(len(scene))]
-    pts = np.concatenate([c.reshape(-1, 3) for c in clouds])
-    return pts[np.isfinite(pts[:, 0])]
 
 
 # ---- rosbag2 ---------------------------------------------------------------------------
