@@ -38,7 +38,6 @@ VISUAL_CACHE_SIZE = 2  # keyframe sets whose visual tokens are kept (~48 MB each
 INDUCTOR_CACHE = os.path.join("~", ".cache", "gs_reasoner_ros", "inductor")
 
 _DTYPES = ("float32", "bfloat16", "float16")
-_tiny_dirs: dict[int, tempfile.TemporaryDirectory] = {}  # one tiny checkpoint per seed and process
 _tiny_lock = threading.Lock()
 
 
@@ -78,15 +77,34 @@ def _check_device(device: str) -> str:
 
 
 def tiny_checkpoint_dir(seed: int = 0) -> str:
-    """A tiny random official-layout checkpoint, built once per process and seed in a temp folder."""
+    """A tiny random official-layout checkpoint for `seed`, built once into the user's cache
+    folder and reused by every later process (a temporary folder per start was left behind by
+    every process that ended without interpreter teardown). The folder name carries a digest of
+    the model code that writes it, so a changed model gets a new folder."""
+    import hashlib
+    import shutil
+    from pathlib import Path
+
     from .model.tiny import build_tiny_checkpoint
 
+    sources = sorted((Path(__file__).parent / "model").glob("*.py"))
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sources)).hexdigest()
+    root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser(os.path.join("~", ".cache")),
+                        "gs_reasoner_ros", "tiny")
+    target = os.path.join(root, f"seed{seed}-{digest[:12]}")
     with _tiny_lock:
-        if seed not in _tiny_dirs:
-            tmp = tempfile.TemporaryDirectory(prefix=f"gs_reasoner_tiny_{seed}_")
-            build_tiny_checkpoint(tmp.name, seed=seed)
-            _tiny_dirs[seed] = tmp
-        return _tiny_dirs[seed].name
+        if not os.path.isfile(os.path.join(target, "config.json")):
+            os.makedirs(root, exist_ok=True)
+            staging = tempfile.mkdtemp(prefix=f".seed{seed}-", dir=root)
+            try:
+                build_tiny_checkpoint(staging, seed=seed)
+                os.rename(staging, target)  # atomic: other processes see all of it or none
+            except OSError:
+                if not os.path.isfile(os.path.join(target, "config.json")):
+                    raise
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        return target
 
 
 def warmup_scene(n_frames: int, width: int = 160, height: int = 120):
@@ -126,7 +144,8 @@ class Reasoner:
 
     def __init__(self, model, tokenizer, *, deterministic: bool = True, num_frames: int = 32, seed: int = 0,
                  untrained: bool = False, checkpoint: str | None = None,
-                 max_question_chars: int = MAX_QUESTION_CHARS, max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP):
+                 max_question_chars: int = MAX_QUESTION_CHARS, max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP,
+                 frame_cache_size: int = FRAME_CACHE_SIZE):
         if num_frames < 1:
             raise ValueError(f"num_frames must be at least 1, got {num_frames}")
         self.model = model
@@ -145,7 +164,7 @@ class Reasoner:
 
         from .model.preprocess import FrameCache
 
-        self.frame_cache = FrameCache(getattr(model, "device", "cpu"), capacity=FRAME_CACHE_SIZE)
+        self.frame_cache = FrameCache(getattr(model, "device", "cpu"), capacity=int(frame_cache_size))
         self._visual_cache: OrderedDict = OrderedDict()
         self.warmup_s: float | None = None
 
@@ -154,7 +173,7 @@ class Reasoner:
              deterministic: bool = True, vision_tower: str | None = None, num_frames: int = 32,
              seed: int = 0, max_question_chars: int = MAX_QUESTION_CHARS,
              max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP, compile: bool | str = "auto",
-             warmup: bool = True) -> "Reasoner":
+             warmup: bool = True, frame_cache_size: int = FRAME_CACHE_SIZE) -> "Reasoner":
         """Load a checkpoint folder (official GS-Reasoner layout), or a tiny untrained model if None.
 
         deterministic=True fixes the point chosen per voxel and the serialization order (the node's
@@ -203,7 +222,8 @@ class Reasoner:
                                  f"{type(err).__name__}: {err}") from None
         reasoner = cls(model, tokenizer, deterministic=deterministic, num_frames=num_frames, seed=seed,
                        untrained=untrained, checkpoint=None if untrained else path,
-                       max_question_chars=max_question_chars, max_new_tokens_cap=max_new_tokens_cap)
+                       max_question_chars=max_question_chars, max_new_tokens_cap=max_new_tokens_cap,
+                       frame_cache_size=frame_cache_size)
         if torch.device(device).type == "cuda":
             reasoner.setup_decoder(compile=compile, warmup=warmup)
         return reasoner

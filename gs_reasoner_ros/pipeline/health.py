@@ -13,6 +13,13 @@ import time
 
 RATE_WINDOW_S = 5.0
 WARN_THROTTLE_S = 5.0
+MAX_TEXT = 400  # characters of any text kept or logged: a peer controls what goes into them
+
+
+def bounded(text: str, limit: int = MAX_TEXT) -> str:
+    """`text` cut to `limit` characters, saying how much was cut."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 class Health:
@@ -37,7 +44,7 @@ class Health:
 
     def set(self, name: str, value) -> None:
         with self._lock:
-            self._values[name] = value
+            self._values[name] = bounded(value) if isinstance(value, str) else value
 
     def total(self, name: str) -> int:
         with self._lock:
@@ -82,7 +89,7 @@ class Reporter:
         if now - self._last_logged.get(site, -float("inf")) < (self.period_s if period_s is None else period_s):
             return
         self._last_logged[site] = now
-        getattr(self.logger, level)(text)
+        getattr(self.logger, level)(bounded(text, 2 * MAX_TEXT))
 
     def reject(self, what: str, err) -> None:
         """Bad input that was refused: counted as rejected, with the reason kept."""

@@ -21,12 +21,14 @@ from typing import Callable
 
 import numpy as np
 
+from gs_reasoner_ros.pipeline import frame_checks
 from gs_reasoner_ros.pipeline.health import Reporter
 from gs_reasoner_ros.pipeline.motion import MotionHistory
 from gs_reasoner_ros.pipeline.tf_tree import TfError
-from gs_reasoner_ros.pipeline.timeline import Timeline
+from gs_reasoner_ros.pipeline.timeline import Timeline, plausible
 
 POLL_S = 0.02  # how often the intake thread retries frames waiting for their pose
+TF_STASH = 512  # TF samples too old for the history, kept in case a new timeline starts
 DEFAULT_QUEUE_SIZE = 4  # synced sets waiting for the thread (the intake_queue_size default)
 
 
@@ -48,8 +50,10 @@ class Intake:
     consistently. `version` changes whenever the map does."""
 
     def __init__(self, params: Callable, voxel_map, keyframes, tf, reporter: Reporter,
-                 decode: Callable[[object], RgbdFrame], preparer=None, drop_sync_after: Callable | None = None):
+                 decode: Callable[[object], RgbdFrame], preparer=None, drop_sync_after: Callable | None = None,
+                 now: Callable[[], float] = time.time):
         self.params, self.voxel_map, self.keyframes, self.tf = params, voxel_map, keyframes, tf
+        self.now = now  # the clock message stamps are compared with (<= 0: not known yet)
         self.report, self.health = reporter, reporter.health
         self._decode, self._preparer = decode, preparer
         self.drop_sync_after = drop_sync_after or (lambda cutoff: None)
@@ -59,6 +63,8 @@ class Intake:
         self.version = 0
         self.newest_stamp = 0.0  # of the newest frame fused
         self._pending: collections.deque = collections.deque()  # (RgbdFrame, deadline) waiting for TF
+        self._tf_stash: collections.deque = collections.deque(maxlen=TF_STASH)
+        self._camera_frames: collections.deque = collections.deque(maxlen=4)  # frame ids of recent frames
         self._inbox: collections.deque = collections.deque()  # (stamp, synced set) for the intake thread
         self._wake = threading.Condition()
         self._stop = True
@@ -125,19 +131,37 @@ class Intake:
 
     def accept(self, synced) -> None:
         """Decode a synced set and fuse it once its pose is known (now, or by a later drain)."""
+        p = self.params()
         try:
-            frame = self._decode(synced)
+            frame = self.checked(self._decode(synced), p.max_depth_m)
         except Exception as err:  # noqa: BLE001
             self.report.reject("RGB-D frame", err)
             return
-        frame.frame_id = frame.frame_id.lstrip("/")
-        p = self.params()
         with self.lock:
             if len(self._pending) >= p.tf_pending_frames:
                 self._pending.popleft()
                 self.report.tf_failure("too many frames waiting for TF; dropped the oldest")
             self._pending.append((frame, time.monotonic() + p.tf_timeout_s))
             self.drain()
+
+    def checked(self, frame: RgbdFrame, max_depth_m: float) -> RgbdFrame:
+        """The frame as the memory may keep it (gs_reasoner_ros.pipeline.frame_checks), or
+        ValueError: a real stamp, plausible intrinsics, depth within max_depth_m, at most
+        KEYFRAME_MAX_PIXELS."""
+        why = plausible(frame.stamp, self.now())
+        if why:
+            raise ValueError(why)
+        h, w = frame.depth.shape
+        frame_checks.check_intrinsics(frame.k, w, h)
+        depth = frame_checks.limit_depth(frame.depth, max_depth_m)
+        factor = frame_checks.reduction_factor(w, h)
+        frame.rgb, frame.depth, frame.k = frame_checks.reduce(frame.rgb, depth, frame.k, factor)
+        if factor > 1:
+            self.health.count("frames_reduced")
+        frame.frame_id = frame.frame_id.lstrip("/")
+        if frame.frame_id not in self._camera_frames:
+            self._camera_frames.append(frame.frame_id)
+        return frame
 
     def drain(self) -> None:
         """Integrate every waiting frame whose pose is known; drop those past their deadline."""
@@ -166,6 +190,11 @@ class Intake:
         from gs_reasoner_ros.scene_memory import Frame
 
         p = self.params()
+        try:
+            frame_checks.check_pose(pose)
+        except ValueError as err:
+            self.report.reject("camera pose", err)
+            return
         with self.lock:
             self._check_relocalization(f.stamp, pose)
             self.motion.add(f.stamp, pose)
@@ -220,19 +249,52 @@ class Intake:
 
     # ---- timelines ----------------------------------------------------------------
 
-    def observe_stamp(self, kind: str, name: str, stamp: float) -> None:
-        """Every input message's and dynamic TF sample's stamp, before it is used: a stamp that
-        went back by more than time_jump_reset_s starts a new timeline (a stale message must
-        never pair with the new timeline's)."""
+    def observe_stamp(self, kind: str, name: str, stamp: float) -> bool:
+        """Every input message's and dynamic TF sample's stamp, before it is used. False: the
+        stamp cannot be real (0, far future) and the message must be dropped (counted). A stamp
+        that went back by more than time_jump_reset_s starts a new timeline once the camera
+        inputs agree (gs_reasoner_ros.pipeline.timeline), so that a stale message never pairs
+        with the new timeline's; a TF edge alone never does."""
+        why = plausible(stamp, self.now())
+        if why:
+            n = self.health.count("invalid_stamps")
+            self.health.set("last_invalid_stamp", f"{kind} {name[:64]!r}: {why}")
+            self.report.throttled("warning", f"dropped a {kind} message of {name[:64]!r}: {why} ({n} so far)",
+                                  site="invalid_stamp")
+            return False
         threshold = self.params().time_jump_reset_s
         if threshold <= 0:
-            return
+            return True
         back = self.timeline.observe(kind, name, stamp, threshold)
         if back is None:
-            return
-        what = f"{name} stamps" if kind == "input" else f"TF stamps of {name!r}"
-        self.new_timeline(f"{what} jumped back {back:.1f} s", stamp)
+            return True
+        if (kind == "input" or name in self._camera_chain()) and self.timeline.agreed(f"{kind}:{name}", stamp,
+                                                                                       threshold):
+            self.new_timeline(f"camera stamps jumped back {back:.1f} s", stamp)
         self.timeline.restart(kind, name, stamp)
+        return True
+
+    def _camera_chain(self) -> set[str]:
+        """The camera frames of recent frames and the TF frames above them: the only TF edges
+        whose jump back may count towards a new timeline."""
+        chain = set(self._camera_frames)
+        ancestors = getattr(self.tf, "ancestors", None)
+        for frame in self._camera_frames if ancestors is not None else ():
+            chain.update(ancestors(frame))
+        return chain
+
+    def add_transform(self, parent: str, child: str, stamp: float, translation, quat_xyzw,
+                      static: bool = False) -> None:
+        """A /tf or /tf_static sample into the TF tree (ValueError when it is refused). A dynamic
+        sample older than its edge's history may belong to a new timeline the camera inputs have
+        not announced yet (TF usually arrives first): it is kept aside and replayed if one starts."""
+        if static:
+            self.tf.set_transform(parent, child, stamp, translation, quat_xyzw, static=True)
+            return
+        if not self.observe_stamp("tf", child, stamp):
+            return
+        if self.tf.set_transform(parent, child, stamp, translation, quat_xyzw) is False:
+            self._tf_stash.append((parent, child, stamp, translation, quat_xyzw))
 
     def new_timeline(self, why: str, stamp: float) -> None:
         """Time went back to `stamp`: drop what belongs to the old timeline (anything stamped
@@ -264,6 +326,10 @@ class Intake:
     def _drop_after(self, cutoff: float) -> None:
         if self.tf is not None:
             self.tf.drop_after(cutoff)
+            stash, self._tf_stash = list(self._tf_stash), collections.deque(maxlen=TF_STASH)
+            for sample in stash:
+                if sample[2] <= cutoff:
+                    self.tf.set_transform(*sample)
         self.drop_sync_after(cutoff)
         self._pending = collections.deque(e for e in self._pending if e[0].stamp <= cutoff)
         with self._wake:

@@ -13,6 +13,8 @@ import numpy as np
 
 RELOCALIZATION_WINDOW_S = 1.0  # consecutive frames further apart may legitimately have moved far
 MAX_EXTRAPOLATION = 4.0  # predict at most this many frame intervals ahead
+NORMAL_STEPS = 30  # recent frame-to-frame motions that say what "normal" is
+NORMAL_FACTOR = 5.0  # a jump must exceed this many times the typical step, whatever the parameters say
 
 
 def angle_deg(T: np.ndarray) -> float:
@@ -42,22 +44,38 @@ class MotionHistory:
 
     def __init__(self):
         self._poses: collections.deque = collections.deque(maxlen=2)
+        self._steps: collections.deque = collections.deque(maxlen=NORMAL_STEPS)  # (metres, degrees)
 
     def clear(self) -> None:
         self._poses.clear()
+        self._steps.clear()
 
     def add(self, stamp: float, pose: np.ndarray) -> None:
+        if self._poses and 0.0 <= stamp - self._poses[-1][0] <= RELOCALIZATION_WINDOW_S:
+            last = self._poses[-1][1]
+            self._steps.append((float(np.linalg.norm(pose[:3, 3] - last[:3, 3])), angle_deg(np.linalg.inv(last) @ pose)))
         self._poses.append((stamp, pose))
+
+    def normal_step(self) -> tuple[float, float]:
+        """The typical (median) recent step, metres and degrees; (0, 0) before there are five."""
+        if len(self._steps) < 5:
+            return 0.0, 0.0
+        steps = np.asarray(self._steps)
+        return float(np.median(steps[:, 0])), float(np.median(steps[:, 1]))
 
     def jump(self, stamp: float, pose: np.ndarray, max_move_m: float, max_turn_deg: float) -> str | None:
         """Why `pose` at `stamp` is a relocalisation (it moved more than max_move_m or turned
         more than max_turn_deg since the last frame, less than RELOCALIZATION_WINDOW_S before;
-        a limit of 0 is off), or None."""
+        a limit of 0 is off), or None. Each limit is raised to NORMAL_FACTOR times the typical
+        recent step, so a limit set below what normal motion does cannot fire on every frame."""
         if not self._poses or not 0.0 <= stamp - self._poses[-1][0] <= RELOCALIZATION_WINDOW_S:
             return None
         last_stamp, last = self._poses[-1]
         moved = float(np.linalg.norm(pose[:3, 3] - last[:3, 3]))
         turned = angle_deg(np.linalg.inv(last) @ pose)
+        step_m, step_deg = self.normal_step()
+        max_move_m = max(max_move_m, NORMAL_FACTOR * step_m) if max_move_m > 0 else 0.0
+        max_turn_deg = max(max_turn_deg, NORMAL_FACTOR * step_deg) if max_turn_deg > 0 else 0.0
         if not ((0 < max_move_m < moved) or (0 < max_turn_deg < turned)):
             return None
         return f"camera pose jumped {moved:.2f} m / {turned:.0f} deg in {stamp - last_stamp:.2f} s"

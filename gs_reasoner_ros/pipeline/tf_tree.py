@@ -19,6 +19,18 @@ import numpy as np
 from gs_reasoner_ros import geometry
 
 MAX_DEPTH = 64  # a deeper chain is a loop or a broken tree
+MAX_FRAMES = 1000  # a robot has tens; more is a flood
+MAX_NAME = 256  # characters of a frame name
+MAX_SAMPLES = 4096  # per dynamic edge: 10 s of a 400 Hz source
+PRUNE_EVERY = 256  # inserts between sweeps for edges that went quiet
+MAX_LISTED = 10  # frames named in an error text
+
+
+def check_frame_names(parent: str, child: str) -> None:
+    if not parent or not child or parent == child:
+        raise ValueError(f"bad frame pair parent={parent[:64]!r} child={child[:64]!r}")
+    if len(parent) > MAX_NAME or len(child) > MAX_NAME:
+        raise ValueError(f"frame name longer than {MAX_NAME} characters ({parent[:32]!r}..., {child[:32]!r}...)")
 
 
 class TfError(LookupError):
@@ -78,22 +90,26 @@ class TfBuffer:
         self.cache_time_s = float(cache_time_s)
         self._edges: dict[str, _Edge] = {}
         self._lock = threading.Lock()
+        self._newest = -float("inf")  # newest dynamic stamp seen
+        self._inserts = 0
 
     def set_transform(self, parent: str, child: str, stamp: float, translation, quat_xyzw,
-                      static: bool = False) -> None:
-        """Add T_parent_child at `stamp` (seconds). ValueError on bad frames or values."""
-        if not parent or not child or parent == child:
-            raise ValueError(f"bad frame pair parent={parent!r} child={child!r}")
+                      static: bool = False) -> bool:
+        """Add T_parent_child at `stamp` (seconds); False when the sample is older than anything
+        kept for its edge (dropped). ValueError on bad frames or values, on a name longer than
+        MAX_NAME, an edge that would close a loop, or a new frame beyond MAX_FRAMES."""
+        check_frame_names(parent, child)
         t, q = validated_transform(translation, quat_xyzw)
         with self._lock:
             edge = self._edges.get(child)
             if edge is None or edge.parent != parent or edge.static != static:
+                self._check_new_edge(parent, child)
                 edge = self._edges[child] = _Edge(parent, static)  # re-parenting starts afresh
             if static:
                 edge.stamps[:], edge.translations[:], edge.rotations[:] = [0.0], [t], [q]
-                return
+                return True
             if edge.stamps and stamp < edge.stamps[-1] - self.cache_time_s:
-                return  # older than anything kept
+                return False  # older than anything kept
             i = bisect.bisect_left(edge.stamps, stamp)
             if i < len(edge.stamps) and edge.stamps[i] == stamp:
                 edge.translations[i], edge.rotations[i] = t, q
@@ -101,9 +117,31 @@ class TfBuffer:
                 edge.stamps.insert(i, stamp)
                 edge.translations.insert(i, t)
                 edge.rotations.insert(i, q)
-            cut = bisect.bisect_left(edge.stamps, edge.stamps[-1] - self.cache_time_s)
-            if cut:
+            cut = max(bisect.bisect_left(edge.stamps, edge.stamps[-1] - self.cache_time_s),
+                      len(edge.stamps) - MAX_SAMPLES)
+            if cut > 0:
                 del edge.stamps[:cut], edge.translations[:cut], edge.rotations[:cut]
+            self._newest = max(self._newest, stamp)
+            self._inserts += 1
+            if self._inserts % PRUNE_EVERY == 0:
+                self._prune()
+            return True
+
+    def _check_new_edge(self, parent: str, child: str) -> None:  # with the lock held
+        if child not in self._edges and len(self._edges) >= MAX_FRAMES:
+            raise ValueError(f"the TF tree already holds {MAX_FRAMES} frames; {child[:64]!r} refused")
+        frame, hops = parent, 0
+        while frame in self._edges and hops <= MAX_DEPTH:
+            frame, hops = self._edges[frame].parent, hops + 1
+            if frame == child:
+                raise ValueError(f"{parent[:64]!r} -> {child[:64]!r} would close a loop in the TF tree")
+
+    def _prune(self) -> None:  # with the lock held
+        """Forget dynamic edges with nothing newer than the cache window (frames that stopped
+        being published, or were published once by a peer)."""
+        horizon = self._newest - self.cache_time_s
+        for child in [c for c, e in self._edges.items() if not e.static and e.stamps[-1] < horizon]:
+            del self._edges[child]
 
     def set_transform_matrix(self, parent: str, child: str, stamp: float, matrix, static: bool = False) -> None:
         m = np.asarray(matrix, dtype=np.float64)
@@ -115,6 +153,7 @@ class TfBuffer:
         """Forget dynamic histories (e.g. after the clock jumped back); statics stay unless asked."""
         with self._lock:
             self._edges = {} if static_too else {c: e for c, e in self._edges.items() if e.static}
+            self._newest = -float("inf")
 
     def drop_after(self, stamp: float) -> None:
         """Forget dynamic samples stamped after `stamp` (the clock went back: they belong to
@@ -127,6 +166,15 @@ class TfBuffer:
                 del e.stamps[cut:], e.translations[cut:], e.rotations[cut:]
                 if not e.stamps:
                     del self._edges[child]
+            self._newest = min(self._newest, stamp)
+
+    def ancestors(self, frame: str) -> list[str]:
+        """The frames above `frame` up to its root ([] when unknown or looped)."""
+        with self._lock:
+            try:
+                return self._chain(frame)[1:]
+            except ConnectivityError:
+                return []
 
     def frames(self) -> set[str]:
         with self._lock:
@@ -140,8 +188,11 @@ class TfBuffer:
             up_s, up_t = self._chain(source), self._chain(target)
             common = next((f for f in up_s if f in set(up_t)), None)
             if common is None:
-                raise ConnectivityError(f"no TF path between {target!r} and {source!r} "
-                                        f"(known frames: {sorted(self._known())})")
+                known = sorted(self._known())
+                listed = ", ".join(repr(f[:64]) for f in known[:MAX_LISTED])
+                more = f" and {len(known) - MAX_LISTED} more" if len(known) > MAX_LISTED else ""
+                raise ConnectivityError(f"no TF path between {target[:64]!r} and {source[:64]!r} "
+                                        f"(known frames: {listed}{more})")
             t_common_source = self._compose(up_s[: up_s.index(common)], stamp)
             t_common_target = self._compose(up_t[: up_t.index(common)], stamp)
         return np.linalg.inv(t_common_target) @ t_common_source
@@ -163,7 +214,7 @@ class TfBuffer:
         while chain[-1] in self._edges:
             chain.append(self._edges[chain[-1]].parent)
             if len(chain) > MAX_DEPTH:
-                raise ConnectivityError(f"TF tree above {frame!r} is deeper than {MAX_DEPTH} (a loop?)")
+                raise ConnectivityError(f"TF tree above {frame[:64]!r} is deeper than {MAX_DEPTH} (a loop?)")
         return chain
 
     def _compose(self, children: list[str], stamp: float) -> np.ndarray:
@@ -181,7 +232,7 @@ class TfBuffer:
         if stamp < s[0] or stamp > s[-1]:
             future = stamp > s[-1]
             raise ExtrapolationError(
-                f"extrapolation into the {'future' if future else 'past'}: {e.parent} -> {child} "
+                f"extrapolation into the {'future' if future else 'past'}: {e.parent[:64]} -> {child[:64]} "
                 f"at {stamp:.6f} s, history spans {s[0]:.6f} .. {s[-1]:.6f} s", future)
         i = bisect.bisect_left(s, stamp)
         if s[i] == stamp:

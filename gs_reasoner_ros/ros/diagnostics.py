@@ -8,12 +8,14 @@ from __future__ import annotations
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
+from gs_reasoner_ros.pipeline.health import bounded
+
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 
 
 def _status(level, name, message, hardware_id, values: dict) -> DiagnosticStatus:
-    return DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
-                            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+    return DiagnosticStatus(level=level, name=name, message=bounded(message), hardware_id=hardware_id,
+                            values=[KeyValue(key=k, value=bounded(v)) for k, v in values.items()])
 
 
 def diagnostic_array(node_name: str, stamp, snap: dict, active: bool) -> DiagnosticArray:

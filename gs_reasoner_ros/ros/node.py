@@ -31,7 +31,7 @@ import os
 import time
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.clock import JumpThreshold
+from rclpy.clock import ClockChange, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -40,6 +40,7 @@ from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import MarkerArray
 from diagnostic_msgs.msg import DiagnosticArray
 
+from gs_reasoner_ros.pipeline import budget
 from gs_reasoner_ros.pipeline.export import export_scene
 from gs_reasoner_ros.pipeline.frame_preparer import FramePreparer
 from gs_reasoner_ros.pipeline.health import Health, Reporter
@@ -66,7 +67,8 @@ def load_reasoner(p):
     return Reasoner.load(checkpoint=checkpoint, device=p.device, dtype=dtype, deterministic=p.deterministic,
                          vision_tower=os.path.expanduser(p.vision_tower) if p.vision_tower else None,
                          num_frames=p.num_frames, seed=p.seed, max_question_chars=p.max_question_chars,
-                         max_new_tokens_cap=p.max_new_tokens_limit)
+                         max_new_tokens_cap=p.max_new_tokens_limit,
+                         frame_cache_size=budget.frame_cache_entries(p.max_keyframes, p.num_frames))
 
 
 class ReasonerNode(LifecycleNode):
@@ -120,6 +122,9 @@ class ReasonerNode(LifecycleNode):
         self.p = self._loaded_p = p = params.read(self)
         self._configure_error = ""
         self.health.set("configure_error", "")
+        too_big = budget.refusal(p, model_on_cpu=p.device == "cpu")
+        if too_big:
+            return self._configure_failed(f"bad parameters: {too_big}")
         try:
             self.voxel_map = make_voxel_map(voxel_size=p.voxel_size, max_voxels=p.max_voxels,
                                             eviction=p.map_eviction, device=p.map_device)
@@ -156,7 +161,8 @@ class ReasonerNode(LifecycleNode):
         if p.prepare_keyframes and hasattr(self.reasoner, "prepare_frames"):
             self.preparer = FramePreparer(self.reasoner, lambda err: self.report.reject("keyframe preparation", err))
         self.intake = Intake(lambda: self.p, self.voxel_map, self.keyframes, self.tf, self.report,
-                             lambda synced: conversions.decode_rgbd(*synced), self.preparer, self._drop_sync_after)
+                             lambda synced: conversions.decode_rgbd(*synced), self.preparer, self._drop_sync_after,
+                             now=lambda: self.get_clock().now().nanoseconds * 1e-9)
         if p.time_jump_reset_s > 0:  # only fires for ROS time, i.e. use_sim_time with a /clock
             threshold = JumpThreshold(min_forward=None, min_backward=Duration(seconds=-p.time_jump_reset_s),
                                       on_clock_change=False)
@@ -330,6 +336,8 @@ class ReasonerNode(LifecycleNode):
                     q.clear()
 
     def _on_clock_jump(self, jump) -> None:
+        if jump.clock_change in (ClockChange.ROS_TIME_ACTIVATED, ClockChange.ROS_TIME_DEACTIVATED):
+            return  # use_sim_time switched: a different clock, not time going back
         try:
             now = self.get_clock().now().nanoseconds * 1e-9
             if self.intake is not None:
@@ -344,15 +352,13 @@ class ReasonerNode(LifecycleNode):
         for ts in msg.transforms:
             try:
                 stamp = conversions.stamp_to_sec(ts.header.stamp)
-                if not static:
-                    intake.observe_stamp("tf", ts.child_frame_id, stamp)
                 t, r = ts.transform.translation, ts.transform.rotation
-                tf.set_transform(ts.header.frame_id.lstrip("/"), ts.child_frame_id.lstrip("/"), stamp,
-                                 (t.x, t.y, t.z), (r.x, r.y, r.z, r.w), static=static)
+                intake.add_transform(ts.header.frame_id.lstrip("/"), ts.child_frame_id.lstrip("/"), stamp,
+                                     (t.x, t.y, t.z), (r.x, r.y, r.z, r.w), static=static)
             except Exception as err:  # noqa: BLE001
                 n = self.health.count("tf_invalid")
-                self.report.throttled("warning", f"ignored a transform {ts.header.frame_id!r} -> "
-                                      f"{ts.child_frame_id!r}: {err} ({n} so far)")
+                self.report.throttled("warning", f"ignored a transform {ts.header.frame_id[:64]!r} -> "
+                                      f"{ts.child_frame_id[:64]!r}: {err} ({n} so far)")
         self.health.count("tf")
 
     # ---- outputs --------------------------------------------------------------------

@@ -64,10 +64,12 @@ PARAMETERS: tuple[Param, ...] = (
     Param("intake_queue_size", intake.DEFAULT_QUEUE_SIZE, "Synced frames that may wait for the intake thread (decoding, pose, fusing); "
           "beyond it the oldest is dropped and counted (intake_dropped_total), so a slow machine falls behind "
           "by at most this many frames.", 1, 64),
-    Param("time_jump_reset_s", 1.0, "If the stamps of an input or a TF edge, or the ROS clock (use_sim_time), go "
-          "back by more than this (bag loop, simulator reset), the node starts a new timeline: TF history, "
-          "synchronizer queues and frames waiting for TF are dropped, and the map and keyframes as "
-          "time_jump_clear_map says; 0 disables.", 0.0, 3600.0),
+    Param("time_jump_reset_s", 1.0, "If the stamps of the camera inputs (at least two of colour, depth, "
+          "camera_info, agreeing) or the ROS clock (use_sim_time) go back by more than this (bag loop, "
+          "simulator reset), the node starts a new timeline: TF history, synchronizer queues and frames "
+          "waiting for TF are dropped, and the map and keyframes as time_jump_clear_map says; a TF edge "
+          "alone never starts one, and stamps of 0 or far ahead of the clock are dropped and counted; "
+          "0 disables.", 0.0, 3600.0),
     Param("time_jump_clear_map", True, "On a new timeline (time_jump_reset_s) also clear the map and keyframes; "
           "false keeps them (a bag that loops over the same place in the same world_frame)."),
     Param("input_gap_s", 1.0, "A pause between synced frames longer than this is counted on /diagnostics as an "
@@ -76,13 +78,19 @@ PARAMETERS: tuple[Param, ...] = (
           "less than 1 s apart is a relocalisation (the localiser corrected world_frame), handled by "
           "relocalization_action. 0 (default) disables it: replays of sparse keyframes (the demo) jump by "
           "design; on a robot with a localiser set it to a distance the camera cannot travel in one frame "
-          "interval, e.g. 0.5.", 0.0, 100.0),
+          "interval, e.g. 0.5. Never below 5 times the camera's typical recent step.", 0.0, 100.0),
     Param("relocalization_jump_deg", 0.0, "The same for the rotation between consecutive frames, degrees "
           "(e.g. 45); 0 (default) disables the rotation test.", 0.0, 180.0),
     Param("relocalization_action", "clear", "What a relocalisation does: clear (forget the map and keyframes: "
           "never fuses two inconsistent frames) or reanchor (move the map and keyframes by the jump, "
           "assuming the camera itself hardly moved between the two frames).", choices=("clear", "reanchor")),
+    Param("max_depth_m", 10.0, "Depth beyond this (or not finite) is no measurement: never a map point or "
+          "a keyframe pixel.", 0.3, 100.0),
     # map and keyframes
+    Param("memory_budget_mb", 4096, "Host memory the map, the keyframes and the model's frame cache may take "
+          "together; a configuration whose worst case exceeds it is refused at configure, naming the "
+          "parameter. Images larger than 640x480 are reduced before they are kept.", 256, 1_000_000,
+          read_only=True),
     Param("voxel_size", 0.02, "Voxel edge of the fused map, metres (next configure).", 0.005, 1.0),
     Param("max_voxels", 500000, "Cap on map voxels; beyond it map_eviction decides (next configure).",
           1000, 50_000_000),
@@ -125,6 +133,11 @@ PARAMETERS: tuple[Param, ...] = (
           0.0, 3600.0),
     Param("export_root", "~/.ros/gs_reasoner/exports", "Folder ~/export_scene writes into; names "
           "resolving outside it are refused.", read_only=True),
+    Param("export_budget_mb", 2048, "Disk that exports under export_root may take together; an export that "
+          "would exceed it (or export_max_count) is refused: delete old exports to make room.", 1, 1_000_000,
+          read_only=True),
+    Param("export_max_count", 100, "Most exports kept under export_root (see export_budget_mb).", 1, 100_000,
+          read_only=True),
     Param("diagnostics_period_s", 1.0, "Period of /diagnostics (read at start).", 0.1, 60.0),
 )
 

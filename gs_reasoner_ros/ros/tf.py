@@ -8,7 +8,8 @@ from rclpy.duration import Duration
 from rclpy.time import Time
 
 from gs_reasoner_ros import geometry
-from gs_reasoner_ros.pipeline.tf_tree import ConnectivityError, ExtrapolationError, TfBuffer, validated_transform
+from gs_reasoner_ros.pipeline.tf_tree import (ConnectivityError, ExtrapolationError, TfBuffer, check_frame_names,
+                                              validated_transform)
 from gs_reasoner_ros.ros.conversions import sec_to_stamp
 
 
@@ -23,6 +24,7 @@ class Tf2RosBuffer:
         self.cache_time_s = float(cache_time_s)
 
     def set_transform(self, parent, child, stamp, translation, quat_xyzw, static=False) -> None:
+        check_frame_names(parent, child)
         t, q = validated_transform(translation, quat_xyzw)
         msg = TransformStamped()
         msg.header.frame_id, msg.child_frame_id, msg.header.stamp = parent, child, sec_to_stamp(stamp)

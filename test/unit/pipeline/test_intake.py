@@ -23,7 +23,7 @@ CAMERA = "camera"
 def params(**overrides):
     p = dict(world_frame="map", tf_timeout_s=0.2, tf_pending_frames=8, intake_queue_size=4, map_stride=2,
              relocalization_jump_m=0.0, relocalization_jump_deg=0.0, relocalization_action="clear",
-             time_jump_reset_s=1.0, time_jump_clear_map=True)
+             time_jump_reset_s=1.0, time_jump_clear_map=True, max_depth_m=10.0)
     p.update(overrides)
     return SimpleNamespace(**p)
 
@@ -38,7 +38,8 @@ def make_intake(**overrides):
     p = params(**overrides)
     tf = TfBuffer(10.0)
     intake = Intake(lambda: p, make_voxel_map(voxel_size=0.05), KeyframeStore(min_interval_s=0.0), tf,
-                    Reporter(Health(), logging.getLogger("test_intake")), decode=lambda frame: frame)
+                    Reporter(Health(), logging.getLogger("test_intake")), decode=lambda frame: frame,
+                    now=lambda: 1000.0)
     return intake, tf, p
 
 
@@ -161,12 +162,15 @@ def test_prediction_continues_the_last_motion():
 def test_stamps_going_back_start_a_new_timeline(scene):
     intake, tf, _ = make_intake(time_jump_reset_s=1.0)
     for i, t in enumerate((100.0, 100.5)):
-        intake.observe_stamp("input", "color", t)
+        for name in ("color", "depth", "camera_info"):
+            intake.observe_stamp("input", name, t)
         pose_at(tf, scene.poses[i], t)
         intake.accept(rgbd(scene, i, t))
     assert len(intake.voxel_map) > 0
-    intake.observe_stamp("input", "color", 3.0)  # a bag looped
-    intake.observe_stamp("input", "depth", 3.0)  # the same jump on another input: one reset
+    intake.observe_stamp("input", "color", 3.0)  # a bag looped: colour goes back first,
+    assert intake.health.total("time_jump_resets") == 0  # which alone is not believed,
+    intake.observe_stamp("input", "depth", 3.0)  # until depth agrees
+    intake.observe_stamp("input", "camera_info", 3.0)  # the same jump once more: still one reset
     assert intake.health.total("time_jump_resets") == 1
     assert len(intake.voxel_map) == 0 and len(intake.keyframes) == 0
     assert not tf.can_transform("map", CAMERA, 100.0)  # the old timeline's TF is gone
@@ -184,8 +188,9 @@ def test_a_new_timeline_can_keep_the_map(scene):
     pose_at(tf, scene.poses[0], 50.0)
     intake.accept(rgbd(scene, 0, 50.0))
     n = len(intake.voxel_map)
-    intake.observe_stamp("tf", CAMERA, 50.0)
-    intake.observe_stamp("tf", CAMERA, 1.0)
+    for name in ("color", "depth"):
+        intake.observe_stamp("input", name, 50.0)
+        intake.observe_stamp("input", name, 1.0)
     assert intake.health.total("time_jump_resets") == 1 and len(intake.voxel_map) == n
     assert len(intake.keyframes) == 1
 
@@ -195,3 +200,108 @@ def test_timeline_checks_can_be_off():
     intake.observe_stamp("input", "color", 100.0)
     intake.observe_stamp("input", "color", 1.0)
     assert intake.health.total("time_jump_resets") == 0
+
+
+# ---- one message must not wipe or poison the memory ----------------------------------------
+
+def fused(scene, **overrides):
+    intake, tf, p = make_intake(**overrides)
+    for i, t in enumerate((100.0, 100.5)):
+        for name in ("color", "depth", "camera_info"):
+            intake.observe_stamp("input", name, t)
+        pose_at(tf, scene.poses[i], t)
+        intake.accept(rgbd(scene, i, t))
+    assert len(intake.voxel_map) > 0
+    return intake, tf
+
+
+@pytest.mark.parametrize("stamp", [0.0, -5.0, float("nan"), 1e12])
+def test_a_stamp_that_cannot_be_real_is_refused_and_wipes_nothing(scene, stamp):
+    intake, tf = fused(scene)
+    n = len(intake.voxel_map)
+    assert not intake.observe_stamp("input", "camera_info", stamp)
+    assert not intake.observe_stamp("tf", CAMERA, stamp)
+    assert intake.health.total("invalid_stamps") == 2 and intake.health.total("time_jump_resets") == 0
+    assert len(intake.voxel_map) == n
+    intake.accept(rgbd(scene, 2, stamp))  # a whole frame stamped so is rejected, not fused
+    assert len(intake.voxel_map) == n and intake.health.total("rejected") == 1
+
+
+@pytest.mark.parametrize("alone", [("input", "camera_info"), ("tf", CAMERA), ("tf", "unrelated")])
+def test_one_source_going_back_alone_wipes_nothing(scene, alone):
+    intake, tf = fused(scene)
+    for t in (100.0, 100.5):
+        intake.observe_stamp("tf", CAMERA, t)
+        intake.observe_stamp("tf", "unrelated", t)
+    n = len(intake.voxel_map)
+    assert intake.observe_stamp(*alone, 3.0)
+    assert intake.health.total("time_jump_resets") == 0 and len(intake.voxel_map) == n
+
+
+def test_an_unrelated_tf_edge_never_counts_towards_a_new_timeline(scene):
+    intake, tf = fused(scene)
+    for t in (100.0, 100.5):
+        intake.observe_stamp("tf", "unrelated", t)
+    intake.observe_stamp("tf", "unrelated", 3.0)
+    intake.observe_stamp("input", "camera_info", 3.0)
+    assert intake.health.total("time_jump_resets") == 0
+    intake.observe_stamp("input", "depth", 3.0)  # a second camera input agrees: a real loop
+    assert intake.health.total("time_jump_resets") == 1
+
+
+def test_a_tiny_relocalisation_threshold_does_not_fire_on_normal_motion(scene):
+    intake, tf, _ = make_intake(relocalization_jump_m=0.001, relocalization_jump_deg=0.01)
+    for i in range(30):  # 3 cm and 0.5 degree steps at 10 Hz: a walking camera
+        pose = shifted(scene.poses[0], 0.03 * i) @ geometry.rotation_z(np.radians(0.5 * i))
+        pose_at(tf, pose, 1.0 + 0.1 * i)
+        intake.accept(rgbd(scene, 0, 1.0 + 0.1 * i))
+    assert intake.health.total("relocalizations") <= 5  # only before five steps say what normal is
+    before = intake.health.total("relocalizations")
+    pose_at(tf, shifted(scene.poses[0], 5.0), 4.0)  # a real jump still counts
+    intake.accept(rgbd(scene, 0, 4.0))
+    assert intake.health.total("relocalizations") == before + 1
+
+
+def test_implausible_intrinsics_are_refused(scene):
+    intake, tf = fused(scene)
+    n = len(intake.voxel_map)
+    for fx, cx in ((1e-6, 40.0), (1e9, 40.0), (60.0, -500.0)):
+        f = rgbd(scene, 2, 100.7)
+        f.k = f.k.copy()
+        f.k[0, 0], f.k[0, 2] = fx, cx
+        intake.accept(f)
+    assert intake.health.total("rejected") == 3 and len(intake.voxel_map) == n
+
+
+def test_depth_beyond_max_depth_never_becomes_a_point(scene):
+    intake, tf, _ = make_intake(max_depth_m=10.0)
+    f = rgbd(scene, 0, 10.0)
+    f.depth = f.depth.copy()
+    f.depth[:10] = 25_000.0
+    f.depth[10:20] = 1e30
+    pose_at(tf, scene.poses[0], 10.0)
+    intake.accept(f)
+    pts = intake.voxel_map.points()
+    assert len(pts) > 0 and np.abs(pts - scene.poses[0][:3, 3]).max() < 10.0 * 1.8
+    assert intake.keyframes.frames()[0].depth.max() <= 10.0
+
+
+def test_an_oversized_frame_is_reduced_before_it_is_kept():
+    intake, tf, _ = make_intake()
+    depth = np.full((2048, 2048), 2.0, np.float32)
+    k = np.array([[1500.0, 0, 1024.0], [0, 1500.0, 1024.0], [0, 0, 1]])
+    pose_at(tf, np.eye(4), 10.0)
+    intake.accept(RgbdFrame(np.zeros((2048, 2048, 3), np.uint8), depth, k, 10.0, CAMERA))
+    kept = intake.keyframes.frames()[0]
+    assert kept.depth.size <= 640 * 480 and kept.rgb.shape[:2] == kept.depth.shape
+    assert kept.K[0, 0] == pytest.approx(1500.0 / 4)
+    # the same wall at the same place: the reduced K describes the reduced image
+    pts = intake.voxel_map.points()
+    assert np.allclose(pts[:, 2], 2.0, atol=0.05) and abs(pts[:, 0].mean()) < 0.1
+
+
+def test_a_pose_far_from_the_origin_is_refused(scene):
+    intake, tf, _ = make_intake()
+    pose_at(tf, shifted(scene.poses[0], 1e6), 10.0)
+    intake.accept(rgbd(scene, 0, 10.0))
+    assert len(intake.voxel_map) == 0 and intake.health.total("rejected") == 1

@@ -117,12 +117,15 @@ def test_non_rotation_matrix_is_refused():
         TfBuffer().set_transform_matrix("map", "cam", 0.0, m)
 
 
-def test_loop_in_the_tree_is_reported():
+def test_loop_in_the_tree_is_refused():
     b = TfBuffer()
     b.set_transform("a", "b", 0.0, [0, 0, 0], [0, 0, 0, 1], static=True)
-    b.set_transform("b", "a", 0.0, [0, 0, 0], [0, 0, 0, 1], static=True)
+    b.set_transform("b", "c", 0.0, [1, 0, 0], [0, 0, 0, 1], static=True)
+    with pytest.raises(ValueError, match="loop"):
+        b.set_transform("c", "a", 0.0, [0, 0, 0], [0, 0, 0, 1], static=True)
+    np.testing.assert_allclose(b.lookup("a", "c", 0.0)[:3, 3], [1, 0, 0])  # the tree is intact
     with pytest.raises(ConnectivityError):
-        b.lookup("a", "c", 0.0)
+        b.lookup("a", "z", 0.0)
 
 
 def test_slerp_takes_the_short_arc():

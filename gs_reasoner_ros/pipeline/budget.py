@@ -1,0 +1,52 @@
+"""The node's host memory, worst case, from its parameters: checked against memory_budget_mb at
+configure, so no parameter a peer can set at run time (and apply with a lifecycle cycle) can
+make the node take more.
+
+Sizes are upper bounds per item, measured here:
+- a voxel: 319 bytes resident, 497 at the peak of fusing a 200,000-point batch (numpy map,
+  `make_voxel_map(0.01, 400_000)` filled with 2 M random points, tracemalloc) -> VOXEL_BYTES;
+- a keyframe: at most KEYFRAME_MAX_PIXELS of RGB (3 bytes) and float32 depth (4 bytes); the
+  store also keeps the last question's scene (num_frames more);
+- a frame-cache entry of the model on the CPU: SigLIP's 378x378 crop as float32 pixels and
+  world coordinates (2 x 378 x 378 x 3 x 4 bytes); on a GPU it lives in GPU memory instead.
+"""
+from __future__ import annotations
+
+from gs_reasoner_ros.pipeline.frame_checks import KEYFRAME_MAX_PIXELS
+
+MB = 1 << 20
+VOXEL_BYTES = 500
+KEYFRAME_BYTES = KEYFRAME_MAX_PIXELS * (3 + 4)
+FRAME_CACHE_ENTRY_BYTES = 2 * 378 * 378 * 3 * 4
+
+
+def frame_cache_entries(max_keyframes: int, num_frames: int) -> int:
+    """Entries the model's frame cache is given (the node sizes it so): every keyframe plus one
+    question's worth."""
+    return max_keyframes + num_frames
+
+
+def worst_case(p, model_on_cpu: bool) -> dict[str, int]:
+    """Bytes per part for parameters `p` (the names of gs_reasoner_ros.ros.params)."""
+    parts = {
+        "max_voxels": p.max_voxels * VOXEL_BYTES,
+        "max_keyframes": (p.max_keyframes + p.num_frames) * KEYFRAME_BYTES,
+    }
+    if model_on_cpu:
+        parts["frame cache"] = frame_cache_entries(p.max_keyframes, p.num_frames) * FRAME_CACHE_ENTRY_BYTES
+    return parts
+
+
+def refusal(p, model_on_cpu: bool) -> str:
+    """Why parameters `p` do not fit memory_budget_mb ("" when they do), naming the parameter that
+    takes the most and how far it would have to come down."""
+    parts = worst_case(p, model_on_cpu)
+    total, budget = sum(parts.values()), p.memory_budget_mb * MB
+    if total <= budget:
+        return ""
+    part, size = max(parts.items(), key=lambda kv: kv[1])
+    name = "max_keyframes" if part == "frame cache" else part  # the cache follows the keyframes
+    listing = ", ".join(f"{k} {v / MB:.0f} MB" for k, v in parts.items())
+    return (f"the map, keyframes and caches could take {total / MB:.0f} MB ({listing}), more than "
+            f"memory_budget_mb {p.memory_budget_mb}: lower {name} (it takes {size / MB:.0f} MB) or raise "
+            "memory_budget_mb at start")
