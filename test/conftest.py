@@ -44,6 +44,7 @@ def pytest_configure(config):
     from gs_reasoner_ros.ros import dds
 
     dds.use_bundled_fastdds_profile()
+    dds.reclaim_stale_shm()  # segments that earlier killed runs left in /dev/shm
     # Without a GPU the Triton kernels run in Triton's interpreter (numpy), so their logic is
     # tested here too; the variable is read when a kernel is defined, so it is set before any
     # test module imports one.

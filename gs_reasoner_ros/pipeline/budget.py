@@ -12,6 +12,9 @@ Sizes are upper bounds per item, measured here:
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+
 from gs_reasoner_ros.pipeline.frame_checks import KEYFRAME_MAX_PIXELS
 
 MB = 1 << 20
@@ -50,3 +53,15 @@ def refusal(p, model_on_cpu: bool) -> str:
     return (f"the map, keyframes and caches could take {total / MB:.0f} MB ({listing}), more than "
             f"memory_budget_mb {p.memory_budget_mb}: lower {name} (it takes {size / MB:.0f} MB) or raise "
             "memory_budget_mb at start")
+
+
+def trim_heap() -> bool:
+    """Hand freed heap pages back to the system (glibc's malloc_trim). After the map and the
+    keyframes are dropped, glibc keeps the freed pages of its per-thread arenas mapped, so RSS
+    stays at its high-water mark (0.98 -> 4.7 GB over 60 lifecycle rounds, back to 0.8 GB with
+    one trim). False where there is no glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0)) if name else False
+    except (OSError, AttributeError):
+        return False

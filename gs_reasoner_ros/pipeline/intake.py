@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from gs_reasoner_ros.pipeline import frame_checks
+from gs_reasoner_ros.pipeline import budget, frame_checks
 from gs_reasoner_ros.pipeline.health import Reporter
 from gs_reasoner_ros.pipeline.motion import MotionHistory
 from gs_reasoner_ros.pipeline.tf_tree import TfError
@@ -223,6 +223,7 @@ class Intake:
             self.version += 1
             self.newest_stamp = 0.0
             self.motion.clear()
+        budget.trim_heap()
         return counts
 
     # ---- relocalisation -----------------------------------------------------------
@@ -320,6 +321,7 @@ class Intake:
                 self.keyframes.clear()
                 self.version += 1
                 self.newest_stamp = 0.0
+                budget.trim_heap()
             else:
                 self.keyframes.new_timeline()
 

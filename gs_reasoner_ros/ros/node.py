@@ -33,7 +33,8 @@ import time
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import ClockChange, JumpThreshold
 from rclpy.duration import Duration
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleNode, LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
+from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
@@ -41,9 +42,9 @@ from visualization_msgs.msg import MarkerArray
 from diagnostic_msgs.msg import DiagnosticArray
 
 from gs_reasoner_ros.pipeline import budget
-from gs_reasoner_ros.pipeline.export import export_scene
+from gs_reasoner_ros.pipeline.export import ExportBudget, export_scene
 from gs_reasoner_ros.pipeline.frame_preparer import FramePreparer
-from gs_reasoner_ros.pipeline.health import Health, Reporter
+from gs_reasoner_ros.pipeline.health import Health, Reporter, bounded
 from gs_reasoner_ros.pipeline.intake import Intake
 from gs_reasoner_ros.pipeline.queries import QueryEngine, QueryLimits, QueryOutcome
 from gs_reasoner_ros.pipeline.query_worker import QueryWorker, Refused
@@ -55,6 +56,7 @@ from gs_reasoner_ros.ros.tf import make_buffer
 from gs_reasoner_ros.srv import AskSpatialQuestion, ExportScene, GroundObjects
 
 NODE_NAME = "gs_reasoner"
+SPARE_SERVICE_THREADS = 2  # for ~/clear and ~/export_scene while queries hold theirs
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
@@ -76,7 +78,10 @@ class ReasonerNode(LifecycleNode):
     (tests inject fakes); other keywords go to rclpy's Node."""
 
     def __init__(self, node_name: str = NODE_NAME, *, reasoner_factory=None, **kwargs):
-        super().__init__(node_name, **kwargs)
+        # LifecycleNode's own __init__, but with the lifecycle services in a group of their own, so
+        # a transition never waits behind another callback.
+        Node.__init__(self, node_name, **kwargs)
+        LifecycleNodeMixin.__init__(self, callback_group=MutuallyExclusiveCallbackGroup())
         self.p = params.declare(self)
         self.add_post_set_parameters_callback(lambda _: setattr(self, "p", params.read(self)))
         self.health = Health()
@@ -87,6 +92,7 @@ class ReasonerNode(LifecycleNode):
         self._groups = {name: MutuallyExclusiveCallbackGroup() for name in ("intake", "tf", "output", "map")}
         self._groups["services"] = ReentrantCallbackGroup()
         self.intake: Intake | None = None
+        self.exit_requested = False  # set by the lifecycle shutdown transition
         self._active = False
         self._configure_error = ""
         self._release()
@@ -113,8 +119,10 @@ class ReasonerNode(LifecycleNode):
         return self._state_machine.current_state[1]
 
     def executor_threads(self) -> int:
-        """Enough threads that waiting queries never starve intake, TF and outputs."""
-        return 4 + 1 + self.p.query_queue_size
+        """Enough threads that running and waiting queries (at most 1 + query_queue_size, a
+        read-only parameter) never take the threads of intake, TF, the outputs, the control
+        services (lifecycle, parameters) and ~/clear / ~/export_scene."""
+        return len(self._groups) - 1 + 2 + 1 + self.p.query_queue_size + SPARE_SERVICE_THREADS
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         from gs_reasoner_ros.scene_memory import KeyframeStore, make_voxel_map
@@ -208,8 +216,11 @@ class ReasonerNode(LifecycleNode):
         return SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Finalized is a dead end for a lifecycle node: the process ends (code 0) after this
+        transition, so a supervisor can start it again."""
         self._stop_intake()
         self._release()
+        self.exit_requested = True
         return SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -259,6 +270,7 @@ class ReasonerNode(LifecycleNode):
         self._published_version = -1
         self._last_synced_wall = None
         self.health.set("model_loaded", False)
+        budget.trim_heap()  # the model, map and keyframes just went
 
     def stop(self, timeout_s: float = 0.5) -> bool:
         """Shutdown path of main(): refuse queries and release waiting callers at once.
@@ -467,8 +479,10 @@ class ReasonerNode(LifecycleNode):
             resp.message = self._not_configured()
             return resp
         try:
-            path = export_scene(self.keyframes, self.p.export_root, req.name, self.engine.alignment(self._limits()))
+            limit = ExportBudget(self.p.export_budget_mb << 20, self.p.export_max_count)
+            path = export_scene(self.keyframes, self.p.export_root, req.name, self.engine.alignment(self._limits()),
+                                limit)
             resp.success, resp.message, resp.path = True, "", str(path)
         except Exception as err:  # noqa: BLE001 (a refused name or a disk error is the caller's answer)
-            resp.message = str(err)
+            resp.message = bounded(str(err))
         return resp

@@ -128,7 +128,8 @@ PARAMETERS: tuple[Param, ...] = (
     Param("max_question_chars", 2000, "Longest question (plus options) or description accepted; longer ones "
           "are refused (next configure).", 1, 100_000),
     Param("query_queue_size", 1, "Queries that may wait while one runs; more are refused at once "
-          "(0 = refuse whenever busy) (next configure).", 0, 16),
+          "(0 = refuse whenever busy). A waiting query holds one executor thread, so the thread pool is "
+          "sized from this at start and it cannot change later.", 0, 16, read_only=True),
     Param("query_wait_s", 30.0, "Longest a waiting query waits for the running one before it is refused.",
           0.0, 3600.0),
     Param("export_root", "~/.ros/gs_reasoner/exports", "Folder ~/export_scene writes into; names "

@@ -24,6 +24,7 @@ def run(argv=None, reasoner_factory=None) -> NoReturn:
     """Run the node until SIGINT/SIGTERM, then end the process with the exit status (never returns)."""
     argv = sys.argv if argv is None else argv
     dds.use_bundled_fastdds_profile()
+    dds.reclaim_stale_shm()  # what killed processes left in /dev/shm
     # rclpy handles SIGINT only: its SIGTERM handling is racy (hangs, RCLError); ours raises
     # KeyboardInterrupt in the main thread, which the bounded spin loop below turns into an exit.
     try:
@@ -41,8 +42,10 @@ def run(argv=None, reasoner_factory=None) -> NoReturn:
                                     "again (lifecycle ~/change_state) or restart")
         executor = MultiThreadedExecutor(num_threads=node.executor_threads())
         executor.add_node(node)
-        while rclpy.ok():
+        while rclpy.ok() and not node.exit_requested:
             executor.spin_once(timeout_sec=0.2)
+        if node.exit_requested:
+            node.get_logger().info("lifecycle shutdown: the process ends (exit code 0)")
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (ValueError, ParameterException) as err:  # bad parameters from the command line or a file
@@ -56,6 +59,7 @@ def run(argv=None, reasoner_factory=None) -> NoReturn:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        dds.release_own_shm()  # os._exit below skips the destructors that would unlink them
         # Leave without interpreter teardown: with a model call still running on the worker
         # thread it can hang, and even when idle, finalising modules under rclpy's and torch's
         # background threads crashed (SIGSEGV) about once in ten clean SIGINT exits here.

@@ -31,4 +31,4 @@ DIAGNOSTICS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
 # Services: rclpy's default keeps only 10 requests, so a burst of calls would silently lose
 # some; a deeper queue lets every caller get an answer (a refusal when busy).
-SERVICES = QoSProfile(depth=64, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+SERVICES = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)

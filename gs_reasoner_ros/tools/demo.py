@@ -46,6 +46,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     _isolate(out)
     dds.use_bundled_fastdds_profile()
+    dds.reclaim_stale_shm()
     t_start = time.monotonic()
     if args.checkpoint:
         print(f"[demo] checkpoint: {args.checkpoint}")

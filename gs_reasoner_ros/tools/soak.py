@@ -251,6 +251,7 @@ def run_soak(cfg: SoakConfig, log=print) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     dds.use_bundled_fastdds_profile()  # 640x480 frames over shared memory
+    dds.reclaim_stale_shm()
     t_render = time.monotonic()
     K, poses, colors, depths = render_loop(cfg.loop_frames, cfg.width, cfg.height, cfg.seed)
     log(f"[soak] rendered {cfg.loop_frames} frames {cfg.width}x{cfg.height} in {time.monotonic() - t_render:.1f} s")

@@ -103,7 +103,8 @@ def test_decode_rgbd_rescales_k_and_colour_to_the_depth_size():
     (dict(depth=np.ones((8, 8), np.float32)), "aspect ratio"),
     (dict(k=np.diag([0.0, 7.0, 1.0])), "focal lengths must be positive"),
     (dict(k=np.diag([-7.0, 7.0, 1.0])), "focal lengths must be positive"),
-    (dict(info_size=(10, 10)), "camera_info 10x10"),
+    (dict(info_size=(10, 10)), "camera_info says 10x10"),
+    (dict(info_size=(4, 3)), "camera_info says 4x3"),  # same aspect, half the size: K for another image
 ])
 def test_decode_rgbd_refuses_inconsistent_frames(kwargs, error):
     with pytest.raises(ValueError, match=error):

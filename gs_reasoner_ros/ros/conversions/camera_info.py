@@ -42,8 +42,10 @@ def decode_rgbd(color: Image, depth: Image, info: CameraInfo) -> RgbdFrame:
     if abs(hc * wd - wc * hd) > max(hd, wd):
         raise ValueError(f"colour {wc}x{hc} and depth {wd}x{hd} differ in aspect ratio")
     wi, hi = (int(info.width), int(info.height)) if info.width and info.height else (wc, hc)
-    if abs(hi * wc - wi * hc) > max(hc, wc):
-        raise ValueError(f"camera_info {wi}x{hi} does not match the colour image {wc}x{hc}")
+    bx, by = max(1, int(info.binning_x)), max(1, int(info.binning_y))  # K describes the unbinned sensor
+    if (wi // bx, hi // by) != (wc, hc):
+        raise ValueError(f"camera_info says {wi}x{hi} (binning {bx}x{by}) but the colour image is {wc}x{hc}: "
+                         "its K would describe another image")
     if (wi, hi) != (wd, hd):
         k = k.copy()
         k[0] *= wd / wi

@@ -9,7 +9,7 @@ import pytest
 
 from gs_reasoner_ros import geometry
 from gs_reasoner_ros.reasoning import Answer, GroundedBox
-from gs_reasoner_ros.pipeline.export import export_scene, export_target
+from gs_reasoner_ros.pipeline.export import ExportBudget, export_scene, export_target, usage
 from gs_reasoner_ros.pipeline.queries import (UNTRAINED_NOTE, QueryEngine, QueryLimits,
                                          token_budget)
 from gs_reasoner_ros.pipeline.query_worker import QueryWorker, Refused
@@ -180,7 +180,8 @@ def test_untrained_model_says_so_in_every_message(rotated_room):
 
 # ---- exports -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "/tmp/x", ".hidden", "a" * 129, "a b", "x\x00"])
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "/tmp/x", ".hidden", "a" * 129, "a b", "x\x00",
+                                  "room\n"])
 def test_export_refuses_names_that_are_not_plain_folders(tmp_path, name):
     with pytest.raises(ValueError):
         export_target(tmp_path / "root", name)
@@ -209,6 +210,19 @@ def test_export_writes_a_loadable_processed_scene(tmp_path, rotated_room):
         export_scene(store, tmp_path / "exports", "room_a")
     with pytest.raises(ValueError, match="no keyframes"):
         export_scene(KeyframeStore(), tmp_path / "exports", "empty")
+
+
+def test_exports_stay_within_their_budget(tmp_path, rotated_room):
+    _, _, store = rotated_room
+    root = tmp_path / "exports"
+    first = export_scene(store, root, "a", budget=ExportBudget(max_count=2))
+    size = usage(root)[1]
+    export_scene(store, root, "b", budget=ExportBudget(max_count=2))
+    with pytest.raises(ValueError, match="budget is 2 exports"):
+        export_scene(store, root, "c", budget=ExportBudget(max_count=2))
+    with pytest.raises(ValueError, match="over export_budget_mb"):  # would not fit: nothing is left behind
+        export_scene(store, root, "d", budget=ExportBudget(max_bytes=int(2.5 * size)))
+    assert sorted(p.name for p in root.iterdir()) == ["a", "b"] and first.is_dir()
 
 
 # ---- the worker -----------------------------------------------------------------------
