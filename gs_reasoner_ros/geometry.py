@@ -322,3 +322,26 @@ def camera_up(poses) -> tuple[np.ndarray, float]:
     up = -mean / np.linalg.norm(mean)
     spread = float(np.degrees(np.arccos(np.clip((-downs @ up).min(), -1.0, 1.0))))
     return up, spread
+
+
+def fraction_near(query, ref, cell, reach, max_queries=20_000):
+    """Fraction of (N,3) `query` points with a `ref` point in the (2*reach+1)^3 block of
+    `cell`-sized grid cells around them (within reach*cell per axis, up to one cell of
+    rounding): how much of one cloud another covers, without a KD-tree. Queries beyond
+    max_queries are subsampled evenly."""
+    query = query[:: max(1, len(query) // max_queries)]
+    base, q = np.floor(ref / cell).astype(np.int64), np.floor(query / cell).astype(np.int64)
+    lo = np.minimum(base.min(0), q.min(0)) - reach
+    dims = np.maximum(base.max(0), q.max(0)) - lo + reach + 1
+
+    def key(ijk):
+        return ((ijk[:, 0] - lo[0]) * dims[1] + (ijk[:, 1] - lo[1])) * dims[2] + (ijk[:, 2] - lo[2])
+
+    occupied = np.unique(key(base))
+    found = np.zeros(len(q), bool)
+    r = range(-reach, reach + 1)
+    for offset in np.array(np.meshgrid(r, r, r)).reshape(3, -1).T:
+        k = key(q + offset)
+        i = np.minimum(np.searchsorted(occupied, k), len(occupied) - 1)
+        found |= occupied[i] == k
+    return found.mean()
