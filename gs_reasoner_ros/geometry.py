@@ -324,12 +324,13 @@ def camera_up(poses) -> tuple[np.ndarray, float]:
     return up, spread
 
 
-def fraction_near(query, ref, cell, reach, max_queries=20_000):
-    """Fraction of (N,3) `query` points with a `ref` point in the (2*reach+1)^3 block of
-    `cell`-sized grid cells around them (within reach*cell per axis, up to one cell of
-    rounding): how much of one cloud another covers, without a KD-tree. Queries beyond
-    max_queries are subsampled evenly."""
-    query = query[:: max(1, len(query) // max_queries)]
+def near_mask(query, ref, cell, reach) -> np.ndarray:
+    """For each (N,3) `query` point: is there a `ref` point in the (2*reach+1)^3 block of
+    `cell`-sized grid cells around it (within reach*cell per axis, up to one cell of rounding)?
+    A grid test instead of a KD-tree: how much of one cloud another covers, or where."""
+    query, ref = np.asarray(query, dtype=np.float64).reshape(-1, 3), np.asarray(ref, dtype=np.float64).reshape(-1, 3)
+    if len(query) == 0 or len(ref) == 0:
+        return np.zeros(len(query), bool)
     base, q = np.floor(ref / cell).astype(np.int64), np.floor(query / cell).astype(np.int64)
     lo = np.minimum(base.min(0), q.min(0)) - reach
     dims = np.maximum(base.max(0), q.max(0)) - lo + reach + 1
@@ -344,4 +345,11 @@ def fraction_near(query, ref, cell, reach, max_queries=20_000):
         k = key(q + offset)
         i = np.minimum(np.searchsorted(occupied, k), len(occupied) - 1)
         found |= occupied[i] == k
-    return found.mean()
+    return found
+
+
+def fraction_near(query, ref, cell, reach, max_queries=20_000) -> float:
+    """Fraction of `query` points near_mask finds near `ref`; queries beyond max_queries are
+    subsampled evenly."""
+    query = np.asarray(query).reshape(-1, 3)
+    return float(near_mask(query[:: max(1, len(query) // max_queries)], ref, cell, reach).mean())
