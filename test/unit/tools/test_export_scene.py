@@ -114,3 +114,24 @@ def test_export_reads_compressed_topics(tmp_path, frames, depth_encoding):
     bound = 0.0006 if depth_encoding == "16UC1" else frames.depth ** 2 / 10100.0 + 1e-5
     assert np.all(np.abs(exported.depth - frames.depth) <= bound)
     assert np.abs(exported.rgb.astype(int) - frames.rgb.astype(int)).mean() < 3.0
+
+
+def test_replay_checks_bags_before_playing(tmp_path, frames):
+    """`gs-reasoner replay`'s bag checks and topic remaps (ROS-free; playing is tested in
+    test/integration/test_replay_bag.py)."""
+    from gs_reasoner_ros.tools import replay
+
+    remaps = replay.parse_remaps(["/color:=/robot1/packed/color"], "/robot1")
+    assert replay.remapped("/color/image/compressed", remaps) == "/robot1/packed/color/image/compressed"
+    assert replay.remapped("/depth/image", remaps) == "/robot1/depth/image"
+    assert replay.remapped("/colors/image", remaps) == "/robot1/colors/image"  # a namespace, not a string prefix
+    assert replay.remapped("/tf_static", remaps) == "/tf_static"
+    with pytest.raises(ValueError, match="expected /OLD:=/NEW"):
+        replay.parse_remaps(["color:=/x"])
+    stamps = 1.0 + 0.5 * np.arange(3)
+    plan = replay.read_plan(write_bag(tmp_path / "ok", frames, stamps, storage="sqlite3", transport="compressed"), [])
+    assert plan.frames == 3 and plan.topics["/depth/image/compressedDepth"] == "/depth/image/compressedDepth"
+    with pytest.raises(ValueError, match="no TF"):
+        replay.read_plan(write_bag(tmp_path / "no_tf", frames, stamps, tf=False), [])
+    with pytest.raises(ValueError, match="no depth image topic"):
+        replay.read_plan(write_bag(tmp_path / "no_depth", frames, stamps, topics=("color", "info")), [])
