@@ -322,3 +322,34 @@ def camera_up(poses) -> tuple[np.ndarray, float]:
     up = -mean / np.linalg.norm(mean)
     spread = float(np.degrees(np.arccos(np.clip((-downs @ up).min(), -1.0, 1.0))))
     return up, spread
+
+
+def near_mask(query, ref, cell, reach) -> np.ndarray:
+    """For each (N,3) `query` point: is there a `ref` point in the (2*reach+1)^3 block of
+    `cell`-sized grid cells around it (within reach*cell per axis, up to one cell of rounding)?
+    A grid test instead of a KD-tree: how much of one cloud another covers, or where."""
+    query, ref = np.asarray(query, dtype=np.float64).reshape(-1, 3), np.asarray(ref, dtype=np.float64).reshape(-1, 3)
+    if len(query) == 0 or len(ref) == 0:
+        return np.zeros(len(query), bool)
+    base, q = np.floor(ref / cell).astype(np.int64), np.floor(query / cell).astype(np.int64)
+    lo = np.minimum(base.min(0), q.min(0)) - reach
+    dims = np.maximum(base.max(0), q.max(0)) - lo + reach + 1
+
+    def key(ijk):
+        return ((ijk[:, 0] - lo[0]) * dims[1] + (ijk[:, 1] - lo[1])) * dims[2] + (ijk[:, 2] - lo[2])
+
+    occupied = np.unique(key(base))
+    found = np.zeros(len(q), bool)
+    r = range(-reach, reach + 1)
+    for offset in np.array(np.meshgrid(r, r, r)).reshape(3, -1).T:
+        k = key(q + offset)
+        i = np.minimum(np.searchsorted(occupied, k), len(occupied) - 1)
+        found |= occupied[i] == k
+    return found
+
+
+def fraction_near(query, ref, cell, reach, max_queries=20_000) -> float:
+    """Fraction of `query` points near_mask finds near `ref`; queries beyond max_queries are
+    subsampled evenly."""
+    query = np.asarray(query).reshape(-1, 3)
+    return float(near_mask(query[:: max(1, len(query) // max_queries)], ref, cell, reach).mean())

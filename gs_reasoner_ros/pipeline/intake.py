@@ -41,6 +41,7 @@ class RgbdFrame:
     k: np.ndarray  # 3x3 of the depth image
     stamp: float
     frame_id: str
+    camera: str = ""  # the camera's topic prefix (the node's `cameras` parameter); "" = the only one
 
 
 class Intake:
@@ -59,7 +60,7 @@ class Intake:
         self.drop_sync_after = drop_sync_after or (lambda cutoff: None)
         self.lock = threading.RLock()
         self.timeline = Timeline()
-        self.motion = MotionHistory()
+        self.motion: dict[str, MotionHistory] = collections.defaultdict(MotionHistory)  # per camera
         self.version = 0
         self.newest_stamp = 0.0  # of the newest frame fused
         self._pending: collections.deque = collections.deque()  # (RgbdFrame, deadline) waiting for TF
@@ -196,10 +197,10 @@ class Intake:
             self.report.reject("camera pose", err)
             return
         with self.lock:
-            self._check_relocalization(f.stamp, pose)
-            self.motion.add(f.stamp, pose)
+            self._check_relocalization(f.stamp, pose, f.camera)
+            self.motion[f.camera].add(f.stamp, pose)
             try:
-                frame = Frame(rgb=f.rgb, depth=f.depth, K=f.k, pose=pose, stamp=f.stamp)
+                frame = Frame(rgb=f.rgb, depth=f.depth, K=f.k, pose=pose, stamp=f.stamp, camera=f.camera)
                 self.voxel_map.integrate_frame(frame, stride=p.map_stride)
                 if self.keyframes.offer(frame) and self._preparer is not None:
                     self._preparer.submit(frame, self.keyframes.frame_id(frame))
@@ -228,21 +229,25 @@ class Intake:
 
     # ---- relocalisation -----------------------------------------------------------
 
-    def _check_relocalization(self, stamp: float, pose: np.ndarray) -> None:
-        """A pose jump between consecutive frames is the localiser correcting world_frame, not
-        motion: clear or re-anchor the memory (relocalization_action) instead of fusing both."""
+    def _check_relocalization(self, stamp: float, pose: np.ndarray, camera: str = "") -> None:
+        """A pose jump between consecutive frames of one camera is the localiser correcting
+        world_frame, not motion: clear or re-anchor the memory (relocalization_action) instead of
+        fusing both. The other cameras' histories predate the correction, so they are forgotten."""
         p = self.params()
-        why = self.motion.jump(stamp, pose, p.relocalization_jump_m, p.relocalization_jump_deg)
+        motion = self.motion[camera]
+        why = motion.jump(stamp, pose, p.relocalization_jump_m, p.relocalization_jump_deg)
         if why is None:
             return
         n = self.health.count("relocalizations")
         if p.relocalization_action == "reanchor":
-            delta = pose @ np.linalg.inv(self.motion.predicted(stamp))  # old world -> new world
+            delta = pose @ np.linalg.inv(motion.predicted(stamp))  # old world -> new world
             self.voxel_map.transform(delta)
             self.keyframes.transform(delta)
         else:
             self.voxel_map.clear()
             self.keyframes.clear()
+        for other in [c for c in self.motion if c != camera]:
+            del self.motion[other]
         self.version += 1
         self.health.set("last_relocalization", f"{why}: {p.relocalization_action}")
         self.report.logger.warning(f"relocalisation ({n} so far): {why}; map and keyframes "

@@ -26,6 +26,7 @@ def diagnostic_array(node_name: str, stamp, snap: dict, active: bool) -> Diagnos
                                    "synced_total", "sync_dropped_total", "rejected_total")}
     inputs.update({k: g(k, 0) for k in ("input_gaps_total", "last_input_gap_s", "intake_waiting",
                                         "intake_dropped_total")})
+    inputs.update({k: v for k, v in snap.items() if "/" in k and k.endswith("_hz")})  # per camera (cameras)
     inputs["last_rejection"] = g("last_rejection", "")
     age = g("last_frame_age_s", "never")
     inputs["last_frame_age_s"] = age

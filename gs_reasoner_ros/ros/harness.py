@@ -48,7 +48,9 @@ def service_clients(node, namespace: str = "/" + NODE_NAME) -> dict:
 
 
 class Probe:
-    """A client node on `ctx` (a fresh context when None) beside the node named `target`.
+    """A client node on `ctx` (a fresh context when None) beside the node named `target` (fully
+    qualified, e.g. /robot1/gs_reasoner); the probe lives in the target's namespace, so its
+    camera (ScenePlayer) publishes the topics that node reads.
 
     `alive()` (e.g. a node process's poll() is None) ends every wait early when it turns false.
     With `executor` given (one that also spins the target), the probe only adds its node to it."""
@@ -60,7 +62,7 @@ class Probe:
             ctx = rclpy.context.Context()
             rclpy.init(context=ctx)
         self.ctx, self.target, self.alive = ctx, target, alive or (lambda: True)
-        self.node = rclpy.create_node(name, context=ctx)
+        self.node = rclpy.create_node(name, context=ctx, namespace=target.rsplit("/", 1)[0] or "/")
         self.clients = service_clients(self.node, target)
         self.player = ScenePlayer(self.node)
         self.clouds: list = []
@@ -123,7 +125,7 @@ class Probe:
     # ---- what the node publishes --------------------------------------------------
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
-        if any(s.name.startswith(self.target.rsplit("/", 1)[-1] + ":") for s in msg.status):
+        if any(s.name.startswith(self.target.lstrip("/") + ":") for s in msg.status):
             with self._lock:
                 self.diag_msg = msg
 
@@ -162,25 +164,28 @@ class Probe:
 
 
 class InProcessNode:
-    """A ReasonerNode (active) with `overrides` (parameter name -> value) and the reasoner
-    `reasoner_factory(params)` makes, and a Probe ("probe") beside it; both spun on a
-    background thread."""
+    """A ReasonerNode (active unless `expect_active` is False) in `namespace` with `overrides`
+    (parameter name -> value) and the reasoner `reasoner_factory(params)` makes, and a Probe
+    ("probe") beside it; all spun on a background thread. `ctx`: share a context (several nodes)."""
 
-    def __init__(self, overrides: dict, reasoner_factory):
-        self.ctx = rclpy.context.Context()
-        rclpy.init(context=self.ctx)
-        self.node = ReasonerNode(context=self.ctx, reasoner_factory=reasoner_factory,
+    def __init__(self, overrides: dict, reasoner_factory, namespace: str = "/", ctx=None, expect_active=True):
+        self._own_context = ctx is None
+        self.ctx = ctx or rclpy.context.Context()
+        if self._own_context:
+            rclpy.init(context=self.ctx)
+        self.node = ReasonerNode(context=self.ctx, reasoner_factory=reasoner_factory, namespace=namespace,
                                  parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
-        assert self.node.state == "active", self.node.health.snapshot()
+        assert (self.node.state == "active") == expect_active, self.node.health.snapshot()
         self.executor = MultiThreadedExecutor(num_threads=self.node.executor_threads() + 2, context=self.ctx)
         self.executor.add_node(self.node)
-        self.probe = Probe(self.ctx, executor=self.executor)
+        self.probe = Probe(self.ctx, executor=self.executor, target=self.node.get_fully_qualified_name())
         self.client, self.clients, self.player = self.probe.node, self.probe.clients, self.probe.player
+        self._stop_spin = False
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
 
     def _spin(self) -> None:
-        while self.ctx.ok():
+        while self.ctx.ok() and not self._stop_spin:
             try:
                 self.executor.spin_once(timeout_sec=0.05)
             except Exception:  # noqa: BLE001 (context shut down while spinning)
@@ -199,5 +204,7 @@ class InProcessNode:
         self.executor.shutdown(timeout_sec=1.0)
         self.node.destroy_node()
         self.probe.close()
-        self.ctx.try_shutdown()
+        if self._own_context:
+            self.ctx.try_shutdown()
+        self._stop_spin = True
         self.thread.join(2.0)

@@ -48,10 +48,9 @@ from gs_reasoner_ros.pipeline.health import Health, Reporter, bounded
 from gs_reasoner_ros.pipeline.intake import Intake
 from gs_reasoner_ros.pipeline.queries import QueryEngine, QueryLimits, QueryOutcome
 from gs_reasoner_ros.pipeline.query_worker import QueryWorker, Refused
-from gs_reasoner_ros.ros import conversions, params, qos
+from gs_reasoner_ros.ros import cameras, conversions, params, qos
 from gs_reasoner_ros.ros.conversions import markers
 from gs_reasoner_ros.ros.diagnostics import diagnostic_array
-from gs_reasoner_ros.ros.sync import message_filters
 from gs_reasoner_ros.ros.tf import make_buffer
 from gs_reasoner_ros.srv import AskSpatialQuestion, ExportScene, GroundObjects
 
@@ -140,6 +139,7 @@ class ReasonerNode(LifecycleNode):
                 max_keyframes=p.max_keyframes, min_translation=p.keyframe_min_translation_m,
                 min_rotation_deg=p.keyframe_min_rotation_deg, min_interval_s=p.keyframe_min_interval_s,
                 max_interval_s=p.keyframe_max_interval_s, eviction=p.keyframe_eviction)
+            self._cameras = cameras.configured_cameras(self, p)  # several, compressed: ros/cameras.py
         except ValueError as err:  # parameters that disagree with each other
             return self._configure_failed(f"bad parameters: {err}")
         warm = self.voxel_map.warmup()
@@ -188,22 +188,13 @@ class ReasonerNode(LifecycleNode):
         return SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        mf, p = message_filters(), self.p
-        profile = qos.input_qos(p.input_qos)
-        g = self._groups["intake"]
-        self._inputs = [mf.Subscriber(self, Image, "color/image", qos_profile=profile, callback_group=g),
-                        mf.Subscriber(self, Image, "depth/image", qos_profile=profile, callback_group=g),
-                        mf.Subscriber(self, CameraInfo, "color/camera_info", qos_profile=profile, callback_group=g)]
-        for f, name in zip(self._inputs, ("color", "depth", "camera_info")):
-            f.registerCallback(lambda m, n=name: self._on_input(n, m))  # before the synchronizer sees m
-        self._sync = mf.ApproximateTimeSynchronizer(self._inputs, p.sync_queue_size, p.sync_slop_s)
-        self._sync.registerCallback(self._on_frame)
+        p = self.p
+        self._sync = cameras.CameraInputs(self, self._cameras, p, self._groups["intake"], self._on_input,
+                                          self._on_frame)  # a synchronizer per camera, like one to the node
+        self._inputs = self._sync.filters
         self._active = True
         self.intake.start()
-        self.get_logger().info(f"active: intake from {self.resolve_topic_name('color/image')}, "
-                               f"{self.resolve_topic_name('depth/image')}, "
-                               f"{self.resolve_topic_name('color/camera_info')} ({p.input_qos}), "
-                               f"poses in {p.world_frame}")
+        self.get_logger().info(f"active: intake from {self._sync.describe()} ({p.input_qos}), poses in {p.world_frame}")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -323,7 +314,7 @@ class ReasonerNode(LifecycleNode):
         if self.intake is not None:
             self.intake.observe_stamp("input", name, stamp)
 
-    def _on_frame(self, color: Image, depth: Image, info: CameraInfo) -> None:
+    def _on_frame(self, color: Image, depth: Image, info: CameraInfo, camera: str = "") -> None:
         self.health.count("synced")
         now = time.monotonic()
         last, self._last_synced_wall = self._last_synced_wall, now
@@ -332,7 +323,7 @@ class ReasonerNode(LifecycleNode):
             self.health.set("last_input_gap_s", round(now - last, 2))
             self.get_logger().warning(f"camera input resumed after a {now - last:.1f} s gap (input_gap_s)")
         if self._active and self.intake is not None:
-            self.intake.submit((color, depth, info), conversions.stamp_to_sec(depth.header.stamp))
+            self.intake.submit((color, depth, info, camera), conversions.stamp_to_sec(depth.header.stamp))
 
     def _drop_sync_after(self, cutoff: float) -> None:
         sync = self._sync
@@ -407,8 +398,8 @@ class ReasonerNode(LifecycleNode):
             self.health.set("intake_waiting", intake.waiting if intake is not None else 0)
             if self._sync is not None:  # the system message_filters does not count its drops
                 self.health.set("sync_dropped_total", getattr(self._sync, "dropped", "n/a"))
-            arr = diagnostic_array(self.get_name(), self.get_clock().now().to_msg(), self.health.snapshot(),
-                                   self._active)
+            name = self.get_fully_qualified_name().lstrip("/")  # robot1/gs_reasoner: two robots, two names
+            arr = diagnostic_array(name, self.get_clock().now().to_msg(), self.health.snapshot(), self._active)
             self._pubs["diagnostics"].publish(arr)
         except Exception as err:  # noqa: BLE001
             self.report.throttled("error", f"diagnostics failed: {err}")

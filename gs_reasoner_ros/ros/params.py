@@ -21,11 +21,11 @@ from gs_reasoner_ros.pipeline import intake
 @dataclass(frozen=True)
 class Param:
     name: str
-    default: bool | int | float | str
+    default: bool | int | float | str | list
     description: str
     low: float | None = None  # inclusive range for int/float
     high: float | None = None
-    choices: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()  # for a list: of each element
     read_only: bool = False
     pattern: str | None = None  # regex a string value must match
 
@@ -51,6 +51,15 @@ PARAMETERS: tuple[Param, ...] = (
     Param("seed", 0, "Random seed for the model (and the untrained weights).", 0, 2**31 - 1, read_only=True),
     Param("num_frames", 32, "Keyframes given to the model per query (the model was trained with 32).", 1, 128),
     # input
+    Param("cameras", [""], "Topic prefix of each RGB-D camera fused into the one map (1 to 4), e.g. "
+          "[head, wrist] subscribes head/color/image, head/depth/image, head/color/camera_info and the "
+          "same under wrist/; the empty prefix is the plain color/image, depth/image, color/camera_info. "
+          "Each camera has its own synchronizer; its pose is looked up for its camera_info's frame_id "
+          "(next configure)."),
+    Param("camera_transports", ["raw"], "Transport of each camera, one per entry of cameras, in the same order: "
+          "raw (sensor_msgs/Image on color/image, depth/image) or compressed (sensor_msgs/CompressedImage "
+          "as image_transport names them: color/image/compressed, JPEG or PNG, and depth/image/compressedDepth, "
+          "PNG 16UC1 or quantised 32FC1) (next configure).", choices=("raw", "compressed")),
     Param("input_qos", "SENSOR_DATA", "QoS of the colour, depth and camera_info subscriptions (next activate).",
           choices=("SENSOR_DATA", "SYSTEM_DEFAULT", "RELIABLE")),
     Param("sync_slop_s", 0.02, "Largest stamp difference between colour, depth and camera_info of one frame "
@@ -154,6 +163,8 @@ def check(name: str, value) -> str | None:
     p = BY_NAME.get(name)
     if p is None:
         return f"unknown parameter {name!r}"
+    if isinstance(p.default, list):
+        return _check_list(p, value)
     if type(value) is not type(p.default) and not (isinstance(p.default, float) and type(value) is int):
         return f"{name} must be {type(p.default).__name__}, got {type(value).__name__}"
     if p.low is not None and not (p.low <= value <= p.high):
@@ -162,6 +173,15 @@ def check(name: str, value) -> str | None:
         return f"{name}={value!r} must be one of {', '.join(p.choices)}"
     if p.pattern and not re.match(p.pattern, value):
         return f"{name}={value!r} is malformed (expected {p.pattern})"
+    return None
+
+
+def _check_list(p: Param, value) -> str | None:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        return f"{p.name} must be a list of strings, got {value!r}"
+    bad = [v for v in value if p.choices and v not in p.choices]
+    if bad:
+        return f"{p.name}: {bad[0]!r} must be one of {', '.join(p.choices)}"
     return None
 
 
@@ -200,6 +220,8 @@ def read(node) -> SimpleNamespace:
     values = {}
     for p in PARAMETERS:
         v = node.get_parameter(p.name).value
+        if isinstance(p.default, list):
+            v = list(v)
         values[p.name] = float(v) if isinstance(p.default, float) and isinstance(v, int) else v
     return SimpleNamespace(**values)
 
@@ -211,6 +233,8 @@ def _yaml_value(v) -> str:
         return "true" if v else "false"
     if isinstance(v, str):
         return '"' + v + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_yaml_value(x) for x in v) + "]"
     return repr(v)
 
 

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tf2_msgs.msg import TFMessage
 from geometry_msgs.msg import TransformStamped
 
@@ -19,16 +19,24 @@ CAMERA_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class ScenePlayer:
-    """Publishes frames on color/image, depth/image, color/camera_info (relative to the node's
-    namespace) and the camera pose on /tf, stamped with the time it is given."""
+    """Publishes frames on [prefix/]color/image, depth/image, color/camera_info (relative to the
+    node's namespace) and the camera pose on /tf, stamped with the time it is given. With
+    transport "compressed", the images go as image_transport's compressed plugins publish them:
+    JPEG colour on color/image/compressed (`color_encoding` "png" for lossless PNG) and
+    compressedDepth PNG (`depth_encoding` 16UC1 or 32FC1) on depth/image/compressedDepth."""
 
     def __init__(self, node, world_frame: str = "map", camera_frame: str = CAMERA_FRAME,
-                 color_encoding: str = "rgb8", depth_encoding: str = "16UC1", prefix: str = ""):
+                 color_encoding: str = "rgb8", depth_encoding: str = "16UC1", prefix: str = "",
+                 transport: str = "raw"):
         self.node, self.world_frame, self.camera_frame = node, world_frame, camera_frame
-        self.color_encoding, self.depth_encoding = color_encoding, depth_encoding
+        self.color_encoding, self.depth_encoding, self.transport = color_encoding, depth_encoding, transport
         p = prefix.rstrip("/") + "/" if prefix else ""
-        self.color = node.create_publisher(Image, p + "color/image", CAMERA_QOS)
-        self.depth = node.create_publisher(Image, p + "depth/image", CAMERA_QOS)
+        if transport == "compressed":
+            self.color = node.create_publisher(CompressedImage, p + "color/image/compressed", CAMERA_QOS)
+            self.depth = node.create_publisher(CompressedImage, p + "depth/image/compressedDepth", CAMERA_QOS)
+        else:
+            self.color = node.create_publisher(Image, p + "color/image", CAMERA_QOS)
+            self.depth = node.create_publisher(Image, p + "depth/image", CAMERA_QOS)
         self.info = node.create_publisher(CameraInfo, p + "color/camera_info", CAMERA_QOS)
         self.tf = node.create_publisher(TFMessage, "/tf", qos.TF)
 
@@ -60,8 +68,19 @@ class ScenePlayer:
         k_color[0] *= wc / w
         k_color[1] *= hc / h
         self.info.publish(conversions.make_camera_info(k_color, wc, hc, stamp, self.camera_frame))
-        self.color.publish(conversions.rgb_to_image(rgb, stamp, self.camera_frame, self.color_encoding))
-        self.depth.publish(conversions.depth_to_image(depth, stamp, self.camera_frame, self.depth_encoding))
+        self.color.publish(self.color_msg(rgb, stamp))
+        self.depth.publish(self.depth_msg(depth, stamp))
+
+    def color_msg(self, rgb: np.ndarray, stamp: float):
+        if self.transport == "compressed":
+            codec = "png" if self.color_encoding == "png" else "jpeg"
+            return conversions.rgb_to_compressed(rgb, stamp, self.camera_frame, codec)
+        return conversions.rgb_to_image(rgb, stamp, self.camera_frame, self.color_encoding)
+
+    def depth_msg(self, depth: np.ndarray, stamp: float):
+        if self.transport == "compressed":
+            return conversions.depth_to_compressed(depth, stamp, self.camera_frame, self.depth_encoding)
+        return conversions.depth_to_image(depth, stamp, self.camera_frame, self.depth_encoding)
 
     def play(self, scene, rate_hz: float = 10.0, order=None, clock=None) -> list[float]:
         """Publish the scene's frames (in `order`, default all) at `rate_hz`, stamped with

@@ -21,6 +21,7 @@ class Frame:
     K: np.ndarray  # (3,3) intrinsics of the depth image
     pose: np.ndarray  # (4,4) camera-to-world, optical axes
     stamp: float  # seconds
+    camera: str = ""  # which camera took it (the node's `cameras` prefix; "" = the only one)
 
     def __post_init__(self):
         rgb, depth = np.asarray(self.rgb), np.asarray(self.depth)

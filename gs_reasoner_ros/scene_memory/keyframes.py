@@ -20,12 +20,14 @@ _KEYFRAME_IDS = itertools.count()  # process-wide: an id never names two differe
 
 
 class KeyframeStore:
-    """Bounded set of keyframes: a frame is kept when the camera moved `min_translation` metres
-    or turned `min_rotation_deg` since the last keyframe, or `max_interval_s` passed, but never
-    sooner than `min_interval_s` after it. The first frame is always kept. Beyond
+    """Bounded set of keyframes: a frame is kept when its camera moved `min_translation` metres
+    or turned `min_rotation_deg` since that camera's last keyframe, or `max_interval_s` passed,
+    but never sooner than `min_interval_s` after it. Each camera (Frame.camera) is judged
+    against its own last keyframe, so two cameras looking different ways never count as motion.
+    The first frame of each camera is always kept. Beyond
     `max_keyframes` the oldest, or the one farthest from the newest camera, is dropped.
 
-    Frames older than the newest keyframe are refused (offer returns False): a clock that jumps
+    Frames older than their camera's newest keyframe are refused (offer returns False): a clock that jumps
     back is the node's cue to clear() rather than mix timelines.
 
     Every kept keyframe gets an id no other keyframe of the process ever gets (its content never
@@ -50,7 +52,7 @@ class KeyframeStore:
         self.eviction = check_eviction(eviction)
         self._frames: list[Frame] = []
         self._ids: list[int] = []  # parallel to _frames
-        self._last: Frame | None = None  # the newest keyframe, even if evicted by "farthest"
+        self._last: dict[str, Frame] = {}  # camera -> its newest keyframe, even if evicted by "farthest"
         self._lock = threading.Lock()
         # to_scene's reuse: every change of _frames bumps _version. _scene is (version, count,
         # axis_align bytes, Scene); _images is (chosen ids, read-only rgb, depth, K stacks), kept
@@ -68,7 +70,7 @@ class KeyframeStore:
                 return False
             self._frames.append(frame)
             self._ids.append(next(_KEYFRAME_IDS))
-            self._last = frame
+            self._last[frame.camera] = frame
             if len(self._frames) > self.max_keyframes:
                 victim = self._victim()
                 self._frames.pop(victim)
@@ -104,7 +106,7 @@ class KeyframeStore:
         with self._lock:
             self._frames.clear()
             self._ids.clear()
-            self._last = None
+            self._last = {}
             self._version += 1
             self._scene = self._images = None  # let the stacked copies go with the frames
 
@@ -112,7 +114,7 @@ class KeyframeStore:
         """Stamps restart (a bag loops) but the keyframes stay valid: judge the next frame as if
         it were the first, instead of refusing it as older than the newest keyframe."""
         with self._lock:
-            self._last = None
+            self._last = {}
 
     def transform(self, T) -> None:
         """Move every keyframe's pose by the rigid 4x4 `T` (re-anchoring after a relocalisation)."""
@@ -121,23 +123,24 @@ class KeyframeStore:
         T = check_transform(T, "T")
         with self._lock:
             moved = {id(f): dataclasses.replace(f, pose=T @ f.pose) for f in self._frames}
-            if self._last is not None and id(self._last) not in moved:
-                moved[id(self._last)] = dataclasses.replace(self._last, pose=T @ self._last.pose)
+            for last in self._last.values():
+                if id(last) not in moved:
+                    moved[id(last)] = dataclasses.replace(last, pose=T @ last.pose)
             self._frames = [moved[id(f)] for f in self._frames]
-            self._last = None if self._last is None else moved[id(self._last)]
+            self._last = {camera: moved[id(last)] for camera, last in self._last.items()}
             self._version += 1  # the ids stay: the content did not change
 
     @property
     def newest_stamp(self) -> float | None:
         """Stamp of the newest keyframe, None when empty."""
         with self._lock:
-            return None if self._last is None else self._last.stamp
+            return max((f.stamp for f in self._last.values()), default=None)
 
     def to_scene(self, count: int = 32, axis_align=None) -> Scene:
         """A Scene of up to `count` keyframes chosen uniformly over the store (the authors'
         np.linspace choice), with `axis_align` (world -> model, default identity) and the
-        keyframes' ids as frame_ids. Only keyframes with the newest keyframe's image sizes are
-        used (the camera may have been reconfigured).
+        keyframes' ids as frame_ids. Keyframes are resampled to the newest keyframe's image sizes
+        (several cameras, or a reconfigured one); those of another aspect ratio are left out.
 
         While no keyframe was added, dropped, cleared or moved, the same count and axis_align get
         the same Scene object again; its arrays are read-only and shared, so callers must not
@@ -154,12 +157,13 @@ class KeyframeStore:
         if not frames:
             raise ValueError("no keyframes yet: the scene is empty")
         shapes = (frames[-1].rgb.shape, frames[-1].depth.shape)
-        kept = [i for i, f in enumerate(frames) if (f.rgb.shape, f.depth.shape) == shapes]
+        kept = [i for i, f in enumerate(frames) if _same_aspect(f, shapes)]
         idx = np.linspace(0, len(kept) - 1, min(int(count), len(kept))).astype(int)
         chosen = [kept[i] for i in idx]
         chosen_ids = tuple(ids[i] for i in chosen)
         if images is None or images[0] != chosen_ids:
-            images = (chosen_ids, *(_read_only(np.stack([getattr(frames[i], name) for i in chosen]))
+            sized = [_resampled(frames[i], shapes) for i in chosen]
+            images = (chosen_ids, *(_read_only(np.stack([getattr(f, name) for f in sized]))
                                     for name in ("rgb", "depth", "K")))
         poses = _read_only(np.stack([frames[i].pose for i in chosen]))
         stamps = _read_only(np.array([frames[i].stamp for i in chosen]))
@@ -170,7 +174,7 @@ class KeyframeStore:
         return scene
 
     def _wanted(self, frame: Frame) -> bool:
-        last = self._last
+        last = self._last.get(frame.camera)
         if last is None:
             return True
         dt = frame.stamp - last.stamp
@@ -190,6 +194,30 @@ class KeyframeStore:
         here = self._frames[-1].pose[:3, 3]
         dist = [np.linalg.norm(f.pose[:3, 3] - here) for f in self._frames[:-1]]
         return int(np.argmax(dist))
+
+
+def _same_aspect(frame: Frame, shapes: tuple) -> bool:
+    (h, w), (hr, wr) = frame.depth.shape, shapes[1][:2]
+    return abs(h * wr - w * hr) <= max(hr, wr)
+
+
+def _resampled(frame: Frame, shapes: tuple) -> Frame:
+    """`frame` at the image sizes `shapes` ((rgb shape, depth shape)); K follows the depth image.
+    Depth is resampled by nearest neighbour so no depth between two surfaces is invented."""
+    import dataclasses
+
+    import cv2
+
+    (rgb_shape, depth_shape) = shapes
+    if (frame.rgb.shape, frame.depth.shape) == shapes:
+        return frame
+    (h, w), (hr, wr) = frame.depth.shape, depth_shape
+    K = frame.K.copy()
+    K[0] *= wr / w
+    K[1] *= hr / h
+    rgb = cv2.resize(frame.rgb, (rgb_shape[1], rgb_shape[0]), interpolation=cv2.INTER_AREA)
+    depth = cv2.resize(frame.depth, (wr, hr), interpolation=cv2.INTER_NEAREST)
+    return dataclasses.replace(frame, rgb=rgb, depth=depth, K=K)
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

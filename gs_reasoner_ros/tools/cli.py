@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "train": ("gs_reasoner_ros.training.cli", "train or fine-tune GS-Reasoner"),
     "eval": ("gs_reasoner_ros.evaluation.cli", "evaluate on a benchmark"),
     "export-scene": ("gs_reasoner_ros.tools.export_scene", "write a scene or rosbag as processed-data keyframes"),
+    "replay": ("gs_reasoner_ros.tools.replay", "play a rosbag2's camera and TF topics into the running node"),
     "soak": ("gs_reasoner_ros.tools.soak", "replay many frames through the running node with queries; memory curve"),
 }
 

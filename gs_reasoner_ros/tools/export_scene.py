@@ -2,7 +2,8 @@
 processed-data layout (or a scene .npz), offline and without a ROS install.
 
 SOURCE is a scene (.npz or processed-data folder) or a rosbag2 (folder, .mcap or .db3), read
-with the `rosbags` package: colour, depth and camera_info are paired by nearest header stamp
+with the `rosbags` package: colour and depth (raw Image, or CompressedImage as image_transport
+publishes them: JPEG/PNG colour, compressedDepth PNG) and camera_info are paired by nearest header stamp
 within a slop, the camera pose comes from /tf and /tf_static at the image stamp, and the
 keyframe policy of the node (KeyframeStore) picks the frames, of which at most --frames are
 written, chosen uniformly.
@@ -21,7 +22,11 @@ from gs_reasoner_ros.scene import Scene
 from gs_reasoner_ros.scene_memory import Frame, KeyframeStore
 
 DEFAULT_TOPICS = {"color": "/color/image", "depth": "/depth/image", "info": "/color/camera_info"}
+# image_transport's names for the compressed plugins, tried when the raw defaults are absent
+COMPRESSED_TOPICS = {"color": "/color/image/compressed", "depth": "/depth/image/compressedDepth"}
 IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 TF_TYPE = "tf2_msgs/msg/TFMessage"
 
@@ -32,10 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=32, help="write at most N keyframes, chosen uniformly (32)")
     parser.add_argument("--all-frames", action="store_true",
                         help="skip the keyframe policy: every synced frame is a candidate")
-    parser.add_argument("--color-topic", help=f"colour Image topic (default {DEFAULT_TOPICS['color']}, "
-                        "else the only image topic without 'depth' in its name)")
-    parser.add_argument("--depth-topic", help=f"depth Image topic, 16UC1 mm or 32FC1 m (default "
-                        f"{DEFAULT_TOPICS['depth']}, else the only image topic with 'depth' in its name)")
+    parser.add_argument("--color-topic", help=f"colour Image or CompressedImage topic (default "
+                        f"{DEFAULT_TOPICS['color']}, then {COMPRESSED_TOPICS['color']}, else the only image "
+                        "topic without 'depth' in its name)")
+    parser.add_argument("--depth-topic", help=f"depth Image (16UC1 mm or 32FC1 m) or compressedDepth topic "
+                        f"(default {DEFAULT_TOPICS['depth']}, then {COMPRESSED_TOPICS['depth']}, else the only "
+                        "image topic with 'depth' in its name)")
     parser.add_argument("--info-topic", help=f"CameraInfo topic (default {DEFAULT_TOPICS['info']}, "
                         "else the only CameraInfo topic)")
     parser.add_argument("--world-frame", help="TF frame the poses are expressed in (default: map if the "
@@ -222,7 +229,7 @@ def _bag_scene(path: Path, count: int, topics: dict, world_frame: str | None, sl
 
 def _decode_pairs(reader, conns, picks: list[_Pair]) -> Scene:
     """Second pass: decode the chosen colour and depth images into a Scene."""
-    from gs_reasoner_ros.pipeline.images import image_to_depth, image_to_rgb
+    from gs_reasoner_ros.pipeline.images import decode_color, decode_depth
 
     want = {"color": {p.color_index: p for p in picks}, "depth": {p.depth_index: p for p in picks}}
     images: dict[int, dict] = {id(p): {} for p in picks}
@@ -234,7 +241,7 @@ def _decode_pairs(reader, conns, picks: list[_Pair]) -> Scene:
         pair = want[kind].get(index)
         if pair is not None:
             msg = reader.deserialize(raw, conn.msgtype)
-            images[id(pair)][kind] = image_to_rgb(msg) if kind == "color" else image_to_depth(msg)
+            images[id(pair)][kind] = decode_color(msg) if kind == "color" else decode_depth(msg)
     rgb, depth, K, poses, stamps = [], [], [], [], []
     for p in picks:
         im = images[id(p)]
@@ -258,13 +265,13 @@ def _pick_topics(connections, topics: dict) -> dict:
     """The colour, depth and camera-info connections: as given, else the defaults, else the only
     candidate by type and name."""
     by_topic = {c.topic: c for c in connections}
-    images = [c for c in connections if c.msgtype == IMAGE_TYPE]
+    images = [c for c in connections if c.msgtype in IMAGE_TYPES]
     guesses = {"color": [c for c in images if "depth" not in c.topic.lower()],
                "depth": [c for c in images if "depth" in c.topic.lower()],
                "info": [c for c in connections if c.msgtype == INFO_TYPE]}
     available = ", ".join(f"{c.topic} ({c.msgtype})" for c in connections) or "none"
     picked = {}
-    for kind, msgtype in (("color", IMAGE_TYPE), ("depth", IMAGE_TYPE), ("info", INFO_TYPE)):
+    for kind, msgtypes in (("color", IMAGE_TYPES), ("depth", IMAGE_TYPES), ("info", (INFO_TYPE,))):
         name = topics.get(kind)
         if name:
             conn = by_topic.get(name)
@@ -272,13 +279,15 @@ def _pick_topics(connections, topics: dict) -> dict:
                 raise ValueError(f"topic {name} is not in the bag; it has: {available}")
         elif DEFAULT_TOPICS[kind] in by_topic:
             conn = by_topic[DEFAULT_TOPICS[kind]]
+        elif COMPRESSED_TOPICS.get(kind) in by_topic:
+            conn = by_topic[COMPRESSED_TOPICS[kind]]
         elif len(guesses[kind]) == 1:
             conn = guesses[kind][0]
         else:
             raise ValueError(f"cannot tell which topic is the {kind} stream; pass --{kind}-topic "
                              f"(the bag has: {available})")
-        if conn.msgtype != msgtype:
-            raise ValueError(f"topic {conn.topic} carries {conn.msgtype}, expected {msgtype}")
+        if conn.msgtype not in msgtypes:
+            raise ValueError(f"topic {conn.topic} carries {conn.msgtype}, expected {' or '.join(msgtypes)}")
         picked[kind] = conn
     return picked
 

@@ -44,6 +44,8 @@ def add_arguments(parser) -> None:
     a("--width", type=int, default=640)
     a("--height", type=int, default=480)
     a("--seed", type=int, default=0, help="room and camera path")
+    a("--transport", choices=("raw", "compressed"), default="raw",
+      help="camera transport: raw Images, or JPEG colour + compressedDepth PNG (encoded once per loop frame)")
     a("--model", choices=("fake", "tiny"), default="fake",
       help="fake: a fast stand-in that still copies the keyframes; tiny: the untrained tiny GS-Reasoner")
     a("--query-every", type=float, default=3.0, help="seconds between queries (0: none)")
@@ -68,6 +70,7 @@ class SoakConfig:
     width: int = 640
     height: int = 480
     seed: int = 0
+    transport: str = "raw"
     model: str = "fake"
     query_every: float = 3.0
     storm_at: int = -1
@@ -124,7 +127,7 @@ def node_main(argv: list[str]) -> int:
 
 def _start_node(cfg: SoakConfig, log_path: Path) -> subprocess.Popen:
     params = {"max_keyframes": cfg.max_keyframes, "max_voxels": cfg.max_voxels, "diagnostics_period_s": 0.5,
-              "num_frames": 16 if cfg.model == "tiny" else 32}
+              "num_frames": 16 if cfg.model == "tiny" else 32, "camera_transports": f"['{cfg.transport}']"}
     args = [f"{k}:={v}" for k, v in params.items()] + list(cfg.node_params)
     entry = ["-m", "gs_reasoner_ros.tools.soak", "node"] if cfg.model == "fake" else ["-m", "gs_reasoner_ros.ros.process"]
     cmd = [sys.executable, *entry, "--ros-args", *[x for a in args for x in ("-p", a)]]
@@ -134,8 +137,9 @@ def _start_node(cfg: SoakConfig, log_path: Path) -> subprocess.Popen:
 
 # ---- frames -------------------------------------------------------------------------------
 
-def render_loop(n: int, width: int, height: int, seed: int = 0):
-    """(K, poses (n,4,4), colour Image messages, depth Image messages) along one closed loop."""
+def render_loop(n: int, width: int, height: int, seed: int = 0, transport: str = "raw"):
+    """(K, poses (n,4,4), colour messages, depth messages) along one closed loop: Images, or
+    CompressedImages (JPEG, compressedDepth 16UC1 PNG) with transport "compressed"."""
     from gs_reasoner_ros.ros import conversions
     from gs_reasoner_ros.ros.replay import CAMERA_FRAME
     from gs_reasoner_ros.synthetic import camera_path, default_intrinsics, make_room, render_rgbd
@@ -146,8 +150,9 @@ def render_loop(n: int, width: int, height: int, seed: int = 0):
     colors, depths = [], []
     for pose in poses:
         rgb, depth = render_rgbd(room, K, pose, width, height)
-        colors.append(conversions.rgb_to_image(rgb, 0.0, CAMERA_FRAME))
-        depths.append(conversions.depth_to_image(depth, 0.0, CAMERA_FRAME))
+        packed = transport == "compressed"
+        colors.append((conversions.rgb_to_compressed if packed else conversions.rgb_to_image)(rgb, 0.0, CAMERA_FRAME))
+        depths.append((conversions.depth_to_compressed if packed else conversions.depth_to_image)(depth, 0.0, CAMERA_FRAME))
     return K, poses, colors, depths
 
 
@@ -253,7 +258,7 @@ def run_soak(cfg: SoakConfig, log=print) -> dict:
     dds.use_bundled_fastdds_profile()  # 640x480 frames over shared memory
     dds.reclaim_stale_shm()
     t_render = time.monotonic()
-    K, poses, colors, depths = render_loop(cfg.loop_frames, cfg.width, cfg.height, cfg.seed)
+    K, poses, colors, depths = render_loop(cfg.loop_frames, cfg.width, cfg.height, cfg.seed, cfg.transport)
     log(f"[soak] rendered {cfg.loop_frames} frames {cfg.width}x{cfg.height} in {time.monotonic() - t_render:.1f} s")
     proc = _start_node(cfg, out / "node.log")
     ctx = rclpy.context.Context()
@@ -261,6 +266,10 @@ def run_soak(cfg: SoakConfig, log=print) -> dict:
     driver = None
     try:
         driver = Probe(ctx, name="gs_reasoner_soak", target=NODE, background=True)
+        if cfg.transport != "raw":
+            from gs_reasoner_ros.ros.replay import ScenePlayer
+
+            driver.player = ScenePlayer(driver.node, transport=cfg.transport)
         deadline = time.monotonic() + 60.0
         while not (driver.player.subscribers_ready() and driver.services_ready() and driver.diag()):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -446,7 +455,7 @@ def _print_summary(s: dict, out: str) -> None:
 
 def run(args) -> int:
     cfg = SoakConfig(frames=args.frames, rate=args.rate, stamp_hz=args.stamp_hz, loop_frames=args.loop_frames,
-                     width=args.width, height=args.height, seed=args.seed, model=args.model,
+                     width=args.width, height=args.height, seed=args.seed, model=args.model, transport=args.transport,
                      query_every=args.query_every, storm_at=args.storm_at, sample_s=args.sample_s,
                      warmup_frames=args.warmup_frames, max_keyframes=args.max_keyframes,
                      max_voxels=args.max_voxels, node_params=list(args.node_param), out=args.out)

@@ -74,28 +74,6 @@ def stop(proc, sig=signal.SIGINT, timeout=5.0):
     return proc.returncode
 
 
-def fraction_near(query, ref, cell, reach, max_queries=20_000):
-    """Fraction of query points with a ref point in the (2*reach+1)^3 block of `cell`-sized
-    grid cells around them (within reach*cell per axis, up to one cell of rounding).
-    Queries beyond max_queries are subsampled evenly."""
-    query = query[:: max(1, len(query) // max_queries)]
-    base, q = np.floor(ref / cell).astype(np.int64), np.floor(query / cell).astype(np.int64)
-    lo = np.minimum(base.min(0), q.min(0)) - reach
-    dims = np.maximum(base.max(0), q.max(0)) - lo + reach + 1
-
-    def key(ijk):
-        return ((ijk[:, 0] - lo[0]) * dims[1] + (ijk[:, 1] - lo[1])) * dims[2] + (ijk[:, 2] - lo[2])
-
-    occupied = np.unique(key(base))
-    found = np.zeros(len(q), bool)
-    r = range(-reach, reach + 1)
-    for offset in np.array(np.meshgrid(r, r, r)).reshape(3, -1).T:
-        k = key(q + offset)
-        i = np.minimum(np.searchsorted(occupied, k), len(occupied) - 1)
-        found |= occupied[i] == k
-    return found.mean()
-
-
 def cloud_at(probe, stamp):
     cloud = probe.cloud_at(stamp)
     assert cloud is not None, "no map cloud up to the expected frame"
@@ -128,7 +106,7 @@ def test_three_process_replay_of_real_frames(rgbd_3dmatch, tmp_path):
         for i in range(len(scene)):
             pts = geometry.unproject_depth(scene.depth[i], scene.intrinsics[i], stride=4).reshape(-1, 3)
             pts = geometry.transform_points(scene.poses[i], pts[np.all(np.isfinite(pts), 1)])
-            covered = fraction_near(pts, before, VOXEL, 2)
+            covered = geometry.fraction_near(pts, before, VOXEL, 2)
             print(f"frame {i}: {covered:.1%} of its surface points within 2 voxels of the map")
             assert covered >= 0.9, f"frame {i}: only {covered:.1%} of its surface points are in the map"
         # (2) frame 0 seen again (TF ahead of it again) coincides with itself within 3 cm
@@ -136,7 +114,7 @@ def test_three_process_replay_of_real_frames(rgbd_3dmatch, tmp_path):
         replayer.stdin.flush()
         again = json.loads(replayer.stdout.readline())
         after, _ = conversions.cloud_to_arrays(cloud_at(probe, again[0]))
-        grown, same = len(after) / len(before) - 1, fraction_near(after, before, 0.01, 3)
+        grown, same = len(after) / len(before) - 1, geometry.fraction_near(after, before, 0.01, 3)
         print(f"frame 0 again: map grew {grown:.2%}, {same:.2%} of map points within 3 cm of the map before")
         assert grown < 0.05, "the repeated frame added a displaced copy"
         assert same >= 0.99

@@ -113,7 +113,7 @@ def test_decode_rgbd_refuses_inconsistent_frames(kwargs, error):
 
 def test_decode_rgbd_needs_a_frame_id():
     color, depth, info = _triplet()
-    color.header.frame_id = depth.header.frame_id = ""
+    color.header.frame_id = depth.header.frame_id = info.header.frame_id = ""
     with pytest.raises(ValueError, match="frame_id"):
         cv.decode_rgbd(color, depth, info)
 

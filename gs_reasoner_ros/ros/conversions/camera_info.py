@@ -1,11 +1,11 @@
-"""sensor_msgs/CameraInfo <-> a pinhole K, and one synced colour/depth/camera_info set -> the
-pipeline's RgbdFrame."""
+"""sensor_msgs/CameraInfo <-> a pinhole K, and one synced colour/depth/camera_info set (raw
+Images or CompressedImages) -> the pipeline's RgbdFrame."""
 from __future__ import annotations
 
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image
 
-from gs_reasoner_ros.pipeline.images import image_to_depth, image_to_rgb
+from gs_reasoner_ros.pipeline.images import decode_color, decode_depth
 from gs_reasoner_ros.pipeline.intake import RgbdFrame
 from gs_reasoner_ros.ros.conversions.stamps import header, stamp_to_sec
 
@@ -31,12 +31,14 @@ def make_camera_info(k: np.ndarray, width: int, height: int, stamp: float, frame
                       r=np.eye(3).ravel().tolist(), p=p.ravel().tolist())
 
 
-def decode_rgbd(color: Image, depth: Image, info: CameraInfo) -> RgbdFrame:
-    """Decode a synced triplet. The depth is registered to the colour camera (README: what the node needs),
-    so K from colour camera_info is rescaled to the depth resolution and the colour image
-    resampled to it; differing aspect ratios are rejected."""
-    rgb = image_to_rgb(color)
-    dep = image_to_depth(depth)
+def decode_rgbd(color: Image, depth: Image, info: CameraInfo, camera: str = "") -> RgbdFrame:
+    """Decode a synced triplet of camera `camera` (Image or CompressedImage each). The depth is
+    registered to the colour camera (README: what the node needs), so K from colour camera_info
+    is rescaled to the depth resolution and the colour image resampled to it; differing aspect
+    ratios are rejected. The pose is looked up for the camera_info's frame (the colour optical
+    frame, which the registered depth shares), else the depth's or the colour's."""
+    rgb = decode_color(color)
+    dep = decode_depth(depth)
     k = camera_info_to_k(info)
     (hc, wc), (hd, wd) = rgb.shape[:2], dep.shape
     if abs(hc * wd - wc * hd) > max(hd, wd):
@@ -54,7 +56,7 @@ def decode_rgbd(color: Image, depth: Image, info: CameraInfo) -> RgbdFrame:
         import cv2
 
         rgb = cv2.resize(rgb, (wd, hd), interpolation=cv2.INTER_AREA if wc > wd else cv2.INTER_LINEAR)
-    frame_id = depth.header.frame_id or color.header.frame_id
+    frame_id = info.header.frame_id or depth.header.frame_id or color.header.frame_id
     if not frame_id:
-        raise ValueError("images carry no header.frame_id, so the camera pose cannot be looked up")
-    return RgbdFrame(rgb, dep, k, stamp_to_sec(depth.header.stamp), frame_id)
+        raise ValueError("camera_info and images carry no header.frame_id, so the camera pose cannot be looked up")
+    return RgbdFrame(rgb, dep, k, stamp_to_sec(depth.header.stamp), frame_id, camera)

@@ -1,9 +1,12 @@
-"""sensor_msgs/Image <-> numpy: decoding is gs_reasoner_ros.pipeline.images (it reads any
-Image-shaped message); this module encodes numpy images as messages."""
+"""sensor_msgs/Image and CompressedImage <-> numpy: decoding is gs_reasoner_ros.pipeline.images
+(it reads any Image- or CompressedImage-shaped message); this module encodes numpy images as
+messages (replay, tests)."""
 from __future__ import annotations
 
 import numpy as np
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
+
+from gs_reasoner_ros.pipeline.images import encode_color, encode_depth
 
 from gs_reasoner_ros.ros.conversions.stamps import header
 
@@ -36,3 +39,18 @@ def depth_to_image(depth_m: np.ndarray, stamp: float, frame_id: str, encoding: s
     return Image(header=header(frame_id, stamp), height=h, width=w, encoding=encoding,
                  is_bigendian=0, step=w * data.itemsize, data=data.tobytes())
 
+
+
+def rgb_to_compressed(rgb: np.ndarray, stamp: float, frame_id: str, codec: str = "jpeg",
+                      quality: int = 90) -> CompressedImage:
+    """(H, W, 3) uint8 RGB -> CompressedImage as compressed_image_transport publishes it
+    (topic `.../image/compressed`)."""
+    fmt, data = encode_color(rgb, codec, quality)
+    return CompressedImage(header=header(frame_id, stamp), format=fmt, data=data)
+
+
+def depth_to_compressed(depth_m: np.ndarray, stamp: float, frame_id: str, encoding: str = "16UC1") -> CompressedImage:
+    """(H, W) metres -> compressedDepth CompressedImage (16UC1 millimetres or 32FC1 quantised
+    inverse depth, PNG), as compressed_depth_image_transport publishes it (`.../image/compressedDepth`)."""
+    fmt, data = encode_depth(depth_m, encoding)
+    return CompressedImage(header=header(frame_id, stamp), format=fmt, data=data)

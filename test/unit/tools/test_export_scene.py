@@ -1,5 +1,6 @@
-"""`gs-reasoner export-scene`: a small rosbag2 written here with rosbags from synthetic frames is
-exported, and the processed-data folder reproduces the frames, poses and intrinsics."""
+"""`gs-reasoner export-scene`: a small rosbag2 written with rosbags (tools/scene_bag.py) from
+synthetic frames is exported, raw or compressed, and the processed-data folder reproduces the
+frames, poses and intrinsics."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,78 +14,7 @@ from gs_reasoner_ros.scene_memory import Frame, KeyframeStore
 from gs_reasoner_ros.synthetic import synthetic_scene
 
 rosbags = pytest.importorskip("rosbags", reason="rosbags is needed to write test bags")
-from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: E402
-from rosbags.typesys import Stores, get_typestore  # noqa: E402
-
-TS = get_typestore(Stores.ROS2_KILTED)
-T = TS.types
-# camera_link -> optical: x right, y down, z forward from a z-up, x-forward body
-OPTICAL = np.array([[0.0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]])
-MOUNT = g.make_transform([0.1, 0.0, 0.3], [0, 0, 0, 1]) @ OPTICAL  # base_link -> camera optical frame
-
-
-def header(stamp: float, frame: str):
-    sec = int(np.floor(stamp))
-    return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=sec, nanosec=int(round((stamp - sec) * 1e9))),
-                                    frame_id=frame)
-
-
-def transform(parent: str, child: str, stamp: float, M: np.ndarray):
-    q = g.quat_from_matrix(M[:3, :3])
-    return T["geometry_msgs/msg/TransformStamped"](
-        header=header(stamp, parent), child_frame_id=child,
-        transform=T["geometry_msgs/msg/Transform"](
-            translation=T["geometry_msgs/msg/Vector3"](x=M[0, 3], y=M[1, 3], z=M[2, 3]),
-            rotation=T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3])))
-
-
-def image(stamp: float, frame: str, array: np.ndarray, encoding: str):
-    h, w = array.shape[:2]
-    data = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
-    return T["sensor_msgs/msg/Image"](header=header(stamp, frame), height=h, width=w, encoding=encoding,
-                                      is_bigendian=0, step=len(data) // h, data=data)
-
-
-def camera_info(stamp: float, frame: str, K: np.ndarray, w: int, h: int):
-    P = np.zeros((3, 4))
-    P[:, :3] = K
-    roi = T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
-    return T["sensor_msgs/msg/CameraInfo"](header=header(stamp, frame), height=h, width=w, distortion_model="plumb_bob",
-                                           d=np.zeros(5), k=K.reshape(-1), r=np.eye(3).reshape(-1),
-                                           p=P.reshape(-1), binning_x=0, binning_y=0, roi=roi)
-
-
-def write_bag(path, scene: Scene, stamps, world="map", storage=StoragePlugin.MCAP, depth_encoding="16UC1",
-              depth_delay=0.004, orphan_colour=True):
-    """Colour at each stamp, depth `depth_delay` later, camera_info, and TF: world -> base_link
-    sampled 50 ms either side of each image (so the pose at the image stamp is interpolated),
-    base_link -> camera optical frame on /tf_static."""
-    h, w = scene.depth.shape[1:]
-    with Writer(path, version=9, storage_plugin=storage) as bag:
-        conns = {topic: bag.add_connection(topic, msgtype, typestore=TS) for topic, msgtype in [
-            ("/color/image", "sensor_msgs/msg/Image"), ("/depth/image", "sensor_msgs/msg/Image"),
-            ("/color/camera_info", "sensor_msgs/msg/CameraInfo"), ("/tf", "tf2_msgs/msg/TFMessage"),
-            ("/tf_static", "tf2_msgs/msg/TFMessage")]}
-
-        def put(topic, stamp, msg):
-            bag.write(conns[topic], int(stamp * 1e9), TS.serialize_cdr(msg, msg.__msgtype__))
-
-        put("/tf_static", stamps[0] - 1.0, T["tf2_msgs/msg/TFMessage"](
-            transforms=[transform("base_link", "camera_optical", 0.0, MOUNT)]))
-        for i, t in enumerate(stamps):
-            base = scene.poses[i] @ g.invert_transform(MOUNT)
-            for dt, shift in ((-0.05, -0.02), (0.05, 0.02)):  # linear motion through the true pose
-                moved = base.copy()
-                moved[:3, 3] += shift
-                put("/tf", t + dt, T["tf2_msgs/msg/TFMessage"](transforms=[transform(world, "base_link", t + dt, moved)]))
-            depth = scene.depth[i]
-            depth = np.round(depth * 1000).astype("<u2") if depth_encoding == "16UC1" else depth.astype("<f4")
-            put("/color/camera_info", t, camera_info(t, "camera_optical", scene.intrinsics[i], w, h))
-            put("/color/image", t, image(t, "camera_optical", scene.rgb[i], "rgb8"))
-            put("/depth/image", t + depth_delay, image(t + depth_delay, "camera_optical", depth, depth_encoding))
-        if orphan_colour:  # a colour image whose depth never came: skipped
-            put("/color/image", stamps[-1] + 0.3, image(stamps[-1] + 0.3, "camera_optical", scene.rgb[0], "rgb8"))
-    return path
+from gs_reasoner_ros.tools.scene_bag import write_bag  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +62,7 @@ def test_export_applies_the_keyframe_policy_and_frame_count(tmp_path, frames):
 
 def test_export_sqlite_bag_without_map_frame(tmp_path, frames):
     stamps = 10.0 + 0.7 * np.arange(3)
-    bag = write_bag(tmp_path / "bag", frames, stamps, world="odom", storage=StoragePlugin.SQLITE3,
+    bag = write_bag(tmp_path / "bag", frames, stamps, world="odom", storage="sqlite3",
                     orphan_colour=False)
     result = export_scene(bag, tmp_path / "out", all_frames=True)
     assert any("'odom'" in n for n in result.notes)
@@ -168,3 +98,40 @@ def test_export_errors_name_the_problem(tmp_path, frames):
         export_scene(tmp_path / "missing", tmp_path / "o5")
     with pytest.raises(ValueError, match="frames must be positive"):
         export_scene(bag, tmp_path / "o6", frames=0)
+
+
+@pytest.mark.parametrize("depth_encoding", ["16UC1", "32FC1"])
+def test_export_reads_compressed_topics(tmp_path, frames, depth_encoding):
+    """JPEG colour on /color/image/compressed and compressedDepth PNG on /depth/image/compressedDepth,
+    found without naming them; 16UC1 is lossless (millimetres), 32FC1 within its quantisation."""
+    stamps = 100.0 + 0.7 * np.arange(len(frames))
+    bag = write_bag(tmp_path / "bag", frames, stamps, transport="compressed", depth_encoding=depth_encoding)
+    result = export_scene(bag, tmp_path / "out.npz", all_frames=True)
+    assert result.written == 6
+    exported = Scene.load(tmp_path / "out.npz")
+    np.testing.assert_allclose(exported.poses, frames.poses, atol=1e-6)
+    # millimetres for 16UC1; 32FC1's inverse-depth quantisation errs by less than d^2 / A (A = 10100)
+    bound = 0.0006 if depth_encoding == "16UC1" else frames.depth ** 2 / 10100.0 + 1e-5
+    assert np.all(np.abs(exported.depth - frames.depth) <= bound)
+    assert np.abs(exported.rgb.astype(int) - frames.rgb.astype(int)).mean() < 3.0
+
+
+def test_replay_checks_bags_before_playing(tmp_path, frames):
+    """`gs-reasoner replay`'s bag checks and topic remaps (ROS-free; playing is tested in
+    test/integration/test_replay_bag.py)."""
+    from gs_reasoner_ros.tools import replay
+
+    remaps = replay.parse_remaps(["/color:=/robot1/packed/color"], "/robot1")
+    assert replay.remapped("/color/image/compressed", remaps) == "/robot1/packed/color/image/compressed"
+    assert replay.remapped("/depth/image", remaps) == "/robot1/depth/image"
+    assert replay.remapped("/colors/image", remaps) == "/robot1/colors/image"  # a namespace, not a string prefix
+    assert replay.remapped("/tf_static", remaps) == "/tf_static"
+    with pytest.raises(ValueError, match="expected /OLD:=/NEW"):
+        replay.parse_remaps(["color:=/x"])
+    stamps = 1.0 + 0.5 * np.arange(3)
+    plan = replay.read_plan(write_bag(tmp_path / "ok", frames, stamps, storage="sqlite3", transport="compressed"), [])
+    assert plan.frames == 3 and plan.topics["/depth/image/compressedDepth"] == "/depth/image/compressedDepth"
+    with pytest.raises(ValueError, match="no TF"):
+        replay.read_plan(write_bag(tmp_path / "no_tf", frames, stamps, tf=False), [])
+    with pytest.raises(ValueError, match="no depth image topic"):
+        replay.read_plan(write_bag(tmp_path / "no_depth", frames, stamps, topics=("color", "info")), [])
