@@ -4,14 +4,11 @@ gibberish without boxes, so tests and benchmarks of streamed boxes need a script
 
 Its tokens are 3-character pieces of SCRIPT decoded by a tokenizer of those pieces, parsed by the
 production StreamParser, one every `token_s` seconds; a truthy on_progress return stops it.
-
-`python -m gs_reasoner_ros.scripted --ros-args ...` runs reasoner_node with it (env
-SCRIPTED_TOKEN_S sets the pace).
+ROS-free; a test runs reasoner_node with it through gs_reasoner_ros.ros.process.run(argv,
+reasoner_factory=...).
 """
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 
@@ -68,13 +65,3 @@ class ScriptedReasoner:
         return Answer(answer=answer, text=text, objects=objects, think=think, keyframes_used=len(scene),
                       untrained=True, stopped=stopped)
 
-
-def main() -> int:
-    from gs_reasoner_ros.ros.process import run
-
-    token_s = float(os.environ.get("SCRIPTED_TOKEN_S", "0.01"))
-    return run(sys.argv, reasoner_factory=lambda params: ScriptedReasoner(token_s=token_s))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
