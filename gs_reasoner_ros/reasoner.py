@@ -359,8 +359,8 @@ class Reasoner:
                 ids = prompt_ids(self.tokenizer, question, options, task)
                 # The text before <image> is the same for every task; it and the visual tokens are the prefix.
                 prefix_key = (visual_key, tuple(ids[:ids.index(IMAGE_TOKEN_INDEX)]))
-                out = self.model.generate(ids, visual, budget, self.eos_token_ids, prefix_key=prefix_key,
-                                          on_token=stream)
+                streaming = {} if stream is None else {"on_token": stream}  # models without streaming still serve
+                out = self.model.generate(ids, visual, budget, self.eos_token_ids, prefix_key=prefix_key, **streaming)
                 _check_finite(out)
             except BaseException:
                 self._drop_caches(zero_kv=True)  # a failure (NaN tokens, OOM mid-prefill) must not be replayed
