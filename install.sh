@@ -49,16 +49,23 @@ if ! step_done tf2_msgs "$key"; then
   build_interfaces third_party/tf2_msgs build/tf2_msgs
   mark_done tf2_msgs "$key"
 fi
-key=$(digest CMakeLists.txt package.xml msg/* srv/* cmake/*)
-if ! step_done interfaces "$key" || [ ! -f gs_reasoner_ros/msg/__init__.py ]; then
+key=$(digest third_party/vision_msgs/CMakeLists.txt third_party/vision_msgs/package.xml third_party/vision_msgs/msg/* cmake/*)
+if ! step_done vision_msgs "$key"; then
+  log "building vision_msgs/Detection3DArray for the wheel environment"
+  build_interfaces third_party/vision_msgs build/vision_msgs
+  mark_done vision_msgs "$key"
+fi
+key=$(digest CMakeLists.txt package.xml msg/* srv/* action/* cmake/*)
+if ! step_done interfaces "$key" || [ ! -f gs_reasoner_ros/msg/__init__.py ] || [ ! -f gs_reasoner_ros/action/__init__.py ]; then
   log "building gs_reasoner_ros interfaces (rosidl)"
   rm -rf build/python
   build_interfaces . build/gs_reasoner_ros -DGSR_INTERFACES_ONLY=ON -DPYTHON_INSTALL_DIR="$ROOT/build/python"
   # Generated Python goes into the source package (git-ignored) so that the editable
-  # install serves both the code and gs_reasoner_ros.msg / .srv.
-  rm -rf gs_reasoner_ros/msg gs_reasoner_ros/srv gs_reasoner_ros/*.so
-  cp -r build/python/gs_reasoner_ros/msg build/python/gs_reasoner_ros/srv build/python/gs_reasoner_ros/*.so gs_reasoner_ros/
-  rm -f gs_reasoner_ros/msg/*.c gs_reasoner_ros/srv/*.c
+  # install serves both the code and gs_reasoner_ros.msg / .srv / .action.
+  rm -rf gs_reasoner_ros/msg gs_reasoner_ros/srv gs_reasoner_ros/action gs_reasoner_ros/*.so
+  cp -r build/python/gs_reasoner_ros/msg build/python/gs_reasoner_ros/srv build/python/gs_reasoner_ros/action \
+    build/python/gs_reasoner_ros/*.so gs_reasoner_ros/
+  rm -f gs_reasoner_ros/msg/*.c gs_reasoner_ros/srv/*.c gs_reasoner_ros/action/*.c
   mark_done interfaces "$key"
 fi
 

@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -21,6 +21,8 @@ from .questions import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_CAP, MAX_QUESTION_
 from .reasoning import (
     IMAGE_TOKEN_INDEX,
     Answer,
+    Progress,
+    StreamParser,
     assign_confidences,
     parse_output,
     prompt_ids,
@@ -137,6 +139,18 @@ def _check_finite(out) -> None:
     if not (bool(torch.isfinite(out.last_prompt_logits).all()) and bool(torch.isfinite(probs).all())):
         raise FloatingPointError("the language model produced NaN/inf logits (corrupt weights, or an overflow "
                                  "in float16: try dtype bfloat16 or float32)")
+
+
+class _Stream:
+    """The decoder's on_token for a streamed answer: parses as tokens come and tells the
+    caller; remembers whether the caller asked to stop."""
+
+    def __init__(self, tokenizer, on_progress: Callable[[Progress], bool]):
+        self.parser, self.on_progress, self.stopped = StreamParser(tokenizer), on_progress, False
+
+    def __call__(self, index: int, token: int, prob: float) -> bool:
+        self.stopped = bool(self.on_progress(self.parser.feed(token, prob)))
+        return self.stopped
 
 
 class Reasoner:
@@ -295,7 +309,8 @@ class Reasoner:
                            max_new_tokens_cap=self.max_new_tokens_cap)
 
     def answer(self, scene, question: str, *, options: Sequence[str] = (), task: str = "spatial",
-               max_new_tokens: int | None = None) -> Answer:
+               max_new_tokens: int | None = None, on_progress: Callable[[Progress], bool] | None = None
+               ) -> Answer:
         """Answer one question about `scene` (a gs_reasoner_ros.scene.Scene).
 
         task "spatial" uses the grounded chain-of-thought prompt (options make it multiple
@@ -306,9 +321,14 @@ class Reasoner:
         are cached, keyed by the keyframes' content, poses, axis_align and the sampling mode, so a
         follow-up question on the same keyframes only runs its own text (timings:
         visual_cache_hit, prefix_cache_hit, frames_preprocessed).
+
+        on_progress(Progress) streams the answer: called on this thread after every token with the
+        text so far and the boxes closed so far; a truthy return stops generation after that token
+        (the Answer then says stopped=True; caches stay valid for the next question).
         """
         budget = self.check_query(question, options, task, max_new_tokens)
-        return self._query(scene, question, tuple(options), task, budget, tensors=False).answer
+        return self._query(scene, question, tuple(options), task, budget, tensors=False,
+                           on_progress=on_progress).answer
 
     def run(self, scene, question: str, *, options: Sequence[str] = (), task: str = "spatial",
             max_new_tokens: int | None = None) -> InferenceResult:
@@ -344,11 +364,12 @@ class Reasoner:
             self._visual_cache.popitem(last=False)
         return key, visual, stages
 
-    def _query(self, scene, question: str, options: tuple, task: str, budget: int, *, tensors: bool
-               ) -> InferenceResult:
+    def _query(self, scene, question: str, options: tuple, task: str, budget: int, *, tensors: bool,
+               on_progress: Callable[[Progress], bool] | None = None) -> InferenceResult:
         import torch
 
         timings: dict[str, float] = {}
+        stream = _Stream(self.tokenizer, on_progress) if on_progress is not None else None
         with self._lock, torch.inference_mode():
             t0 = timings["start"] = time.perf_counter()
             frames = scene.uniform_indices(self.num_frames)
@@ -358,7 +379,8 @@ class Reasoner:
                 ids = prompt_ids(self.tokenizer, question, options, task)
                 # The text before <image> is the same for every task; it and the visual tokens are the prefix.
                 prefix_key = (visual_key, tuple(ids[:ids.index(IMAGE_TOKEN_INDEX)]))
-                out = self.model.generate(ids, visual, budget, self.eos_token_ids, prefix_key=prefix_key)
+                streaming = {} if stream is None else {"on_token": stream}  # models without streaming still serve
+                out = self.model.generate(ids, visual, budget, self.eos_token_ids, prefix_key=prefix_key, **streaming)
                 _check_finite(out)
             except BaseException:
                 self._drop_caches(zero_kv=True)  # a failure (NaN tokens, OOM mid-prefill) must not be replayed
@@ -378,7 +400,8 @@ class Reasoner:
         timings["prefix_cache_hit"] = float(bool((out.timings or {}).get("prefix_cache_hit", False)))
         timings.update(parse_s=t4 - t3, total_s=t4 - t0)
         answer = Answer(answer=answer_text, text=text, objects=objects, think=think,
-                        keyframes_used=len(frames), timings=timings, untrained=self.untrained)
+                        keyframes_used=len(frames), timings=timings, untrained=self.untrained,
+                        stopped=bool(stream and stream.stopped))
         return InferenceResult(
             answer=answer,
             prompt_ids=np.asarray(ids, dtype=np.int64),

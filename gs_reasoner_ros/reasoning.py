@@ -60,6 +60,7 @@ class Answer:
     keyframes_used: int = 0
     timings: dict = field(default_factory=dict)  # stage -> seconds
     untrained: bool = False  # the weights are random (no checkpoint given)
+    stopped: bool = False  # the caller stopped generation early (a cancelled stream)
 
 
 # ---- prompts ------------------------------------------------------------------------
@@ -323,34 +324,100 @@ def parse_output(text: str) -> tuple[str, str, list[GroundedBox]]:
 _MAX_PENDING = 8  # a UTF-8 character has at most 4 bytes, so at most 4 byte-level tokens
 
 
-def token_spans(tokenizer, ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
-    """Decoded text (special tokens skipped) and each token's character span in it.
+class TokenText:
+    """Incremental detokenization: feed the generated ids one at a time; `text` grows and
+    `spans[i]` is token i's character span in it.
 
-    Incremental decoding: a token that ends inside a multi-byte character emits nothing until
-    the character completes; all tokens of that character then share its span.
+    A token that ends inside a multi-byte character adds nothing until the character
+    completes; all tokens of that character then share its span.
     """
-    def decode(chunk):
-        return tokenizer.decode(chunk, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
-    ids = [int(i) for i in ids]
-    text = ""
-    spans: list[tuple[int, int]] = []
-    prefix = read = 0  # decode from `prefix` so decoders that need left context see it
-    for i in range(len(ids)):
-        before = decode(ids[prefix:read])
-        now = decode(ids[prefix:i + 1])
-        if now.endswith("\ufffd") and i + 1 < len(ids) and i - read < _MAX_PENDING:
-            continue  # incomplete character: wait for the next token (a few at most: garbage never completes)
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+        self.spans: list[tuple[int, int]] = []
+        self._prefix = self._read = 0  # decode from `prefix` so decoders that need left context see it
+
+    def _decode(self, chunk) -> str:
+        return self._tokenizer.decode(chunk, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def feed(self, token_id: int) -> str:
+        """Append one token; returns the text it completed ('' while a character is incomplete)."""
+        self.ids.append(int(token_id))
+        return self._advance(force=False)
+
+    def _advance(self, force: bool) -> str:
+        i = len(self.ids) - 1
+        before = self._decode(self.ids[self._prefix:self._read])
+        now = self._decode(self.ids[self._prefix:i + 1])
+        if now.endswith("\ufffd") and not force and i - self._read < _MAX_PENDING:
+            return ""  # incomplete character: wait for the next token (a few at most: garbage never completes)
         delta = now[len(before):] if now.startswith(before) else now
-        span = (len(text), len(text) + len(delta))
-        spans.extend([span] * (i + 1 - read))
-        text += delta
-        prefix, read = read, i + 1
-    full = decode(ids)
-    if text != full:  # only for undecodable byte soup: keep the true text, clamp the spans into it
-        text = full
-        spans = [(min(s, len(full)), min(e, len(full))) for s, e in spans]
-    return text, spans
+        span = (len(self.text), len(self.text) + len(delta))
+        self.spans.extend([span] * (i + 1 - self._read))
+        self.text += delta
+        self._prefix, self._read = self._read, i + 1
+        return delta
+
+    def finish(self) -> tuple[str, list[tuple[int, int]]]:
+        """(text, spans) over every token fed: a character still pending is flushed, and where
+        byte soup never decoded piecewise the true text is kept with the spans clamped into it."""
+        if self._read < len(self.ids):
+            self._advance(force=True)
+        full = self._decode(self.ids)
+        if self.text != full:
+            self.text = full
+            self.spans = [(min(s, len(full)), min(e, len(full))) for s, e in self.spans]
+        return self.text, self.spans
+
+
+def token_spans(tokenizer, ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
+    """Decoded text (special tokens skipped) and each token's character span in it (TokenText)."""
+    decoded = TokenText(tokenizer)
+    for i in ids:
+        decoded.feed(i)
+    return decoded.finish()
+
+
+@dataclass
+class Progress:
+    """Where a streamed answer stands after one more token (boxes in the model frame)."""
+
+    text: str  # everything decoded so far
+    tokens: int  # tokens generated so far
+    new_objects: list[GroundedBox]  # boxes whose </bbox> this token closed
+    objects: list[GroundedBox]  # every box closed so far, in order
+
+
+_CLOSE = "</bbox>"
+
+
+class StreamParser:
+    """parse_output as the model writes: each box is reported the moment its </bbox> closes,
+    with the label and confidence the parse of the whole answer gives it (a closed box never
+    changes: later text only adds boxes). Parses again only when a </bbox> appears."""
+
+    def __init__(self, tokenizer):
+        self.decoded = TokenText(tokenizer)
+        self.probs: list[float] = []
+        self.objects: list[GroundedBox] = []
+        self._scan = 0  # where an unseen </bbox> may start
+
+    @property
+    def text(self) -> str:
+        return self.decoded.text
+
+    def feed(self, token_id: int, prob: float) -> Progress:
+        self.probs.append(float(prob))
+        delta = self.decoded.feed(token_id)
+        text, new = self.decoded.text, []
+        if delta and _CLOSE in text[self._scan:]:
+            new = parse_boxes(text)[len(self.objects):]
+            assign_confidences(new, self.decoded.spans, self.probs[:len(self.decoded.spans)])
+            self.objects.extend(new)
+        self._scan = max(0, len(text) - len(_CLOSE) + 1)
+        return Progress(text, len(self.probs), new, list(self.objects))
 
 
 def assign_confidences(objects: Sequence[GroundedBox], spans: Sequence[tuple[int, int]],

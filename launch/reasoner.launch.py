@@ -1,7 +1,10 @@
 """Launch reasoner_node on a ROS 2 install (Jazzy/Kilted):
 
   ros2 launch gs_reasoner_ros reasoner.launch.py checkpoint:=/models/GS-Reasoner device:=cuda \
-      namespace:=robot1 world_frame:=map use_sim_time:=false
+      namespace:=robot1 world_frame:=map use_sim_time:=false rviz:=true
+
+rviz:=true also starts RViz 2 with config/gs_reasoner.rviz (map cloud, answer boxes, detections,
+TF); its topics are under /gs_reasoner, so with a namespace pass rviz_config:= a copy that says so.
 
 Remap the camera with the usual arguments of your driver's namespace, e.g. put the node in the
 camera's namespace so that color/image, depth/image and color/camera_info resolve to it.
@@ -18,7 +21,8 @@ from launch_ros.actions import LifecycleNode, Node
 
 
 def generate_launch_description():
-    default_params = os.path.join(get_package_share_directory("gs_reasoner_ros"), "config", "reasoner.yaml")
+    share = get_package_share_directory("gs_reasoner_ros")
+    default_params = os.path.join(share, "config", "reasoner.yaml")
     args = [
         DeclareLaunchArgument("params_file", default_value=default_params,
                               description="YAML with /**/gs_reasoner: ros__parameters"),
@@ -31,6 +35,10 @@ def generate_launch_description():
         DeclareLaunchArgument("log_level", default_value="info"),
         DeclareLaunchArgument("lifecycle", default_value="false",
                               description="true: start unconfigured for a lifecycle manager (autostart off)"),
+        DeclareLaunchArgument("rviz", default_value="false",
+                              description="true: also start RViz 2 with rviz_config (needs rviz2 installed)"),
+        DeclareLaunchArgument("rviz_config", default_value=os.path.join(share, "config", "gs_reasoner.rviz"),
+                              description="RViz 2 configuration for rviz:=true"),
     ]
     overrides = {
         "world_frame": LaunchConfiguration("world_frame"),
@@ -46,4 +54,8 @@ def generate_launch_description():
                  condition=UnlessCondition(LaunchConfiguration("lifecycle")), **common)
     managed = LifecycleNode(parameters=[LaunchConfiguration("params_file"), dict(overrides, autostart=False)],
                             condition=IfCondition(LaunchConfiguration("lifecycle")), **common)
-    return LaunchDescription(args + [plain, managed])
+    rviz = Node(package="rviz2", executable="rviz2", name="rviz2", output="log",
+                arguments=["-d", LaunchConfiguration("rviz_config")],
+                parameters=[{"use_sim_time": LaunchConfiguration("use_sim_time")}],
+                condition=IfCondition(LaunchConfiguration("rviz")))
+    return LaunchDescription(args + [plain, managed, rviz])

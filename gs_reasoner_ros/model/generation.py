@@ -44,7 +44,7 @@ from torch import Tensor
 
 from .layer_stack import LayerStack
 from .prefix_cache import PrefixCache
-from .step_runner import StepRunner, pick_attention, pick_modes
+from .step_runner import OnToken, StepRunner, pick_attention, pick_modes
 from .weight_fusion import FusedLayer, fuse_layer
 
 
@@ -233,6 +233,7 @@ class GreedyDecoder:
         max_new_tokens: int,
         eos_token_ids: Sequence[int] | int | None = None,
         prefix_key: Hashable | None = None,
+        on_token: OnToken | None = None,
     ) -> Generation:
         """Greedy-decode up to ``max_new_tokens`` after ``embeds``.
 
@@ -240,6 +241,11 @@ class GreedyDecoder:
         prefix cached by :meth:`prefill` (the question). Decoding stops after the first token in
         ``eos_token_ids`` (kept in the output); with no eos ids it produces exactly
         ``max_new_tokens`` tokens.
+
+        ``on_token(i, token_id, prob)`` streams the tokens: it is called on the decoding thread
+        with each token as soon as the host has it (on CUDA where the token loop already waits
+        for it, so streaming adds no synchronisation), and a truthy return stops decoding after
+        that token, leaving the KV cache and the cached prefixes as an eos would.
         """
         embeds = self._check_embeds(embeds, "embeds")
         if max_new_tokens < 1:
@@ -265,7 +271,7 @@ class GreedyDecoder:
         if self.device.type == "cuda":  # one sync per request, so prefill and decode times are separable
             torch.cuda.synchronize(self.device)
         t1 = time.perf_counter()
-        n = self.runner.decode_tokens(ids, probs, max_new_tokens, eos)
+        n = self.runner.decode_tokens(ids, probs, max_new_tokens, eos, on_token)
         result = Generation(ids[:n].cpu(), probs[:n].cpu(), logits.cpu())
         t2 = time.perf_counter()
         self.last_timings = dict(prompt_tokens=start + T, prefilled_tokens=T, new_tokens=n,

@@ -244,7 +244,7 @@ class GSReasonerForCausalLM(nn.Module):
 
     @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[int], visual: torch.Tensor, max_new_tokens: int,
-                 eos_token_ids: Sequence[int], prefix_key=None) -> GenerationOutput:
+                 eos_token_ids: Sequence[int], prefix_key=None, on_token=None) -> GenerationOutput:
         """Greedy decoding (GreedyDecoder: static KV cache; on CUDA after setup_decoder, compiled
         CUDA-graph steps). Stops after an id in eos_token_ids (kept in `ids`) or after
         max_new_tokens. token_probs[i] = softmax(logits)[ids[i]] at that step, in float32.
@@ -253,7 +253,8 @@ class GSReasonerForCausalLM(nn.Module):
         keyframe set and the text before <image>). The prefix's KV is cached under it, so a later
         call with the same key prefills only the rest of the prompt; with a key the prompt is
         always run as prefix + rest, so cache hits and misses give identical results.
-        timings["prefix_cache_hit"] says whether the prefix was found.
+        timings["prefix_cache_hit"] says whether the prefix was found. on_token: see
+        GreedyDecoder.generate (each token as it is made; a truthy return stops).
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -268,7 +269,8 @@ class GSReasonerForCausalLM(nn.Module):
             if prefix_key is not None and not hit:
                 decoder.prefill(embeds[None, :split], key=prefix_key)
         rest = embeds if prefix_key is None else embeds[split:]
-        out = decoder.generate(rest[None], max(max_new_tokens, 1), list(eos_token_ids), prefix_key=prefix_key)
+        out = decoder.generate(rest[None], max(max_new_tokens, 1), list(eos_token_ids), prefix_key=prefix_key,
+                               on_token=on_token)
         ids, probs = out.ids.tolist()[:max_new_tokens], out.token_probs.tolist()[:max_new_tokens]
         t = decoder.last_timings
         timings = dict(prefill_s=timer.times["prefix_prefill_s"] + t["prefill_s"], decode_s=t["decode_s"],

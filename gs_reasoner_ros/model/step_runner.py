@@ -11,6 +11,7 @@ smallest multiple of ``attention_bucket`` above the current position, one graph 
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,8 @@ from . import decode_attention as split_attention
 from .kv_cache import round_up
 from .layer_stack import LayerStack
 
+# on_token(index, token id, probability) -> True to stop after this token
+OnToken = Callable[[int, int, float], bool]
 log = logging.getLogger(__name__)
 
 
@@ -183,8 +186,16 @@ class StepRunner:
             self.decode_step(self.stack.positions[:length])
 
     # ------------------------------------------------------------------ the token loop
-    def decode_tokens(self, ids: Tensor, probs: Tensor, max_new: int, eos: set[int]) -> int:
-        """Decode tokens 1..max_new-1 into ids/probs; returns how many tokens are valid."""
+    def decode_tokens(self, ids: Tensor, probs: Tensor, max_new: int, eos: set[int],
+                      on_token: OnToken | None = None) -> int:
+        """Decode tokens 1..max_new-1 into ids/probs; returns how many tokens are valid.
+
+        With ``on_token(i, token_id, prob)`` every token (0 included) is handed to the host as
+        it is known; a truthy return stops decoding after token i (a caller's cancel)."""
+        if on_token is not None:
+            if self.stack.device.type == "cuda":
+                return self._decode_tokens_cuda(ids, probs, max_new, eos, on_token)
+            return self._decode_tokens_host(ids, probs, max_new, eos, on_token)
         if not eos:
             for i in range(1, max_new):
                 self._emit(ids, probs, i)
@@ -204,25 +215,48 @@ class StepRunner:
         ids[i : i + 1].copy_(self.next_token)
         probs[i : i + 1].copy_(self.next_prob)
 
-    def _decode_tokens_cuda(self, ids: Tensor, probs: Tensor, max_new: int, eos: set[int]) -> int:
+    def _decode_tokens_host(self, ids: Tensor, probs: Tensor, max_new: int, eos: set[int],
+                            on_token: OnToken) -> int:
+        # Off CUDA every step already ends on the host, so the token is read where it is made.
+        for i in range(max_new):
+            if i > 0:
+                self._emit(ids, probs, i)
+            token = int(ids[i])
+            if on_token(i, token, float(probs[i])) or token in eos:
+                return i + 1
+        return max_new
+
+    def _decode_tokens_cuda(self, ids: Tensor, probs: Tensor, max_new: int, eos: set[int],
+                            on_token: OnToken | None = None) -> int:
         # Step i is queued before token i-1 is tested for eos, so the GPU never idles waiting
-        # for the host; a step past the eos is wasted work, never wrong output.
+        # for the host; a step past the eos is wasted work, never wrong output. on_token runs in
+        # the same place, on the token the loop already waited for: no extra synchronisation,
+        # and its host time overlaps step i on the GPU.
         host = torch.empty(max_new, dtype=torch.long, pin_memory=True)
+        host_probs = torch.empty(max_new, dtype=torch.float32, pin_memory=True) if on_token else None
         events: list[torch.cuda.Event] = []
 
         def stage(i: int) -> None:
             host[i : i + 1].copy_(ids[i : i + 1], non_blocking=True)
+            if host_probs is not None:
+                host_probs[i : i + 1].copy_(probs[i : i + 1], non_blocking=True)
             events.append(torch.cuda.Event())
             events[-1].record()
+
+        def stops(i: int) -> bool:  # token i is on the host
+            token = int(host[i])
+            return bool(on_token is not None and on_token(i, token, float(host_probs[i]))) or token in eos
 
         stage(0)
         for i in range(1, max_new):
             self._emit(ids, probs, i)
             stage(i)
             events[i - 1].synchronize()
-            if int(host[i - 1]) in eos:
+            if stops(i - 1):
                 return i
         events[-1].synchronize()
+        if on_token is not None:
+            on_token(max_new - 1, int(host[-1]), float(host_probs[-1]))
         return max_new
 
     # ------------------------------------------------------------------ warm-up

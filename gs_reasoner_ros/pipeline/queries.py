@@ -11,6 +11,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -46,6 +47,18 @@ class QueryOutcome:
     stamp: float | None = None  # newest keyframe used
     keyframes_used: int = 0
     latency_s: float = 0.0
+    cancelled: bool = False  # stopped by the caller before the model finished
+
+
+@dataclass
+class QueryProgress:
+    """A streamed answer after one more token; boxes already in the world frame."""
+
+    text: str  # everything generated so far
+    tokens: int
+    objects: list[WorldObject]  # every box closed so far
+    new_objects: list[WorldObject]  # the boxes this token closed
+    elapsed_s: float  # since the model was asked
 
 
 @dataclass
@@ -157,8 +170,12 @@ class QueryEngine:
             return f"frame: world_frame levelled by {info.up_correction_deg:.1f} deg to the fitted floor"
         return f"frame: world_frame's z kept ({info.level_reason})"
 
-    def run(self, req: QueryRequest) -> QueryOutcome:
-        """Align the scene, ask the model, put its boxes into the world frame."""
+    def run(self, req: QueryRequest, on_progress: Callable[[QueryProgress], bool] | None = None) -> QueryOutcome:
+        """Align the scene, ask the model, put its boxes into the world frame.
+
+        on_progress streams the answer (every token, boxes rotated back to the world frame as
+        each closes); a truthy return stops the model at the next token: the outcome is then a
+        failure with cancelled=True, carrying the text and boxes written so far."""
         t0 = time.monotonic()
         limits = req.limits
         budget, note = token_budget(req.max_new_tokens, limits)
@@ -172,9 +189,10 @@ class QueryEngine:
             A = self.alignment(limits)
             scene = self.keyframes.to_scene(limits.num_frames, A)
             notes += _gravity_notes(scene.poses) + [n for n in (self.alignment_note(),) if n]
+            stream = {} if on_progress is None else {"on_progress": _WorldStream(on_progress, A, t0)}
             result = self.reasoner.answer(scene, req.text, options=tuple(req.options), task=req.task,
-                                          max_new_tokens=budget)
-            objects = [self._to_world(b, A) for b in result.objects]
+                                          max_new_tokens=budget, **stream)
+            objects = stream["on_progress"].world if stream else [self._to_world(b, A) for b in result.objects]
         except Exception as err:  # noqa: BLE001 (any model failure becomes a failed response)
             log.exception("query failed")
             _release_accelerator_memory(err)
@@ -184,13 +202,40 @@ class QueryEngine:
             notes.append(UNTRAINED_NOTE)
         stamps = getattr(scene, "stamps", None)
         stamp = float(np.max(stamps)) if stamps is not None and len(stamps) else self.keyframes.newest_stamp
+        if getattr(result, "stopped", False):
+            n = stream["on_progress"].tokens if stream else 0
+            return QueryOutcome(False, "; ".join([f"cancelled after {n} tokens"] + notes), result.answer, result.text,
+                                objects, stamp, int(result.keyframes_used or len(scene)), time.monotonic() - t0,
+                                cancelled=True)
         return QueryOutcome(True, "; ".join(notes), result.answer, result.text, objects, stamp,
                             int(result.keyframes_used or len(scene)), time.monotonic() - t0)
 
     @staticmethod
     def _to_world(box, A: np.ndarray) -> WorldObject:
-        center, quat, size = geometry.aligned_box_to_world(box.box_min, box.box_max, A)
-        return WorldObject(str(box.label), center, quat, size, float(box.confidence))
+        return _to_world(box, A)
+
+
+def _to_world(box, A: np.ndarray) -> WorldObject:
+    """A model-frame GroundedBox as an oriented box in the world frame (A: world -> model)."""
+    center, quat, size = geometry.aligned_box_to_world(box.box_min, box.box_max, A)
+    return WorldObject(str(box.label), center, quat, size, float(box.confidence))
+
+
+class _WorldStream:
+    """The reasoner's on_progress for QueryEngine.run: rotates each box back to the world frame
+    once, when it closes, and hands the caller a QueryProgress."""
+
+    def __init__(self, on_progress: Callable[[QueryProgress], bool], A: np.ndarray, t0: float):
+        self.on_progress, self.A, self.t0 = on_progress, A, t0
+        self.world: list[WorldObject] = []
+        self.tokens = 0
+
+    def __call__(self, progress) -> bool:
+        new = [_to_world(b, self.A) for b in progress.new_objects]
+        self.world.extend(new)
+        self.tokens = progress.tokens
+        return bool(self.on_progress(QueryProgress(progress.text, progress.tokens, list(self.world), new,
+                                                   time.monotonic() - self.t0)))
 
 
 def _gravity_notes(poses: np.ndarray) -> list[str]:

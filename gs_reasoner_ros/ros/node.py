@@ -49,7 +49,7 @@ from gs_reasoner_ros.pipeline.intake import Intake
 from gs_reasoner_ros.pipeline.queries import QueryEngine, QueryLimits, QueryOutcome
 from gs_reasoner_ros.pipeline.query_worker import QueryWorker, Refused
 from gs_reasoner_ros.ros import cameras, conversions, params, qos
-from gs_reasoner_ros.ros.conversions import markers
+from gs_reasoner_ros.ros.actions import AnswerOutputs, QueryActions
 from gs_reasoner_ros.ros.diagnostics import diagnostic_array
 from gs_reasoner_ros.ros.tf import make_buffer
 from gs_reasoner_ros.srv import AskSpatialQuestion, ExportScene, GroundObjects
@@ -97,6 +97,8 @@ class ReasonerNode(LifecycleNode):
         self._release()
         self._create_outputs()
         self._create_services()
+        self.outputs = AnswerOutputs(self)  # ~/markers and ~/detections
+        self.actions = QueryActions(self, self.outputs)  # ~/ask and ~/ground as actions (ros/actions.py)
         # In every state, so a failed configure is reported. (rclpy's Node owns self._timers.)
         self._diagnostics_timer = self.create_timer(self.p.diagnostics_period_s, self._publish_diagnostics,
                                                     callback_group=self._groups["output"])
@@ -404,15 +406,14 @@ class ReasonerNode(LifecycleNode):
         except Exception as err:  # noqa: BLE001
             self.report.throttled("error", f"diagnostics failed: {err}")
 
-    def _publish_markers(self, outcome: QueryOutcome) -> None:
-        stamp = outcome.stamp if outcome.stamp is not None else self.get_clock().now().nanoseconds * 1e-9
-        self._pubs["markers"].publish(markers.box_markers(outcome.objects, self.p.world_frame, stamp))
+    def _publish_markers(self, outcome: QueryOutcome, streamed: bool = False) -> None:
+        self.outputs.boxes(outcome.objects, outcome.stamp, new_answer=not streamed)
 
     # ---- services -------------------------------------------------------------------
 
-    def _query(self, prepare) -> QueryOutcome:
+    def _query(self, prepare, on_progress=None) -> QueryOutcome:
         """Validate in the service thread (against this moment's limits, which travel with the
-        request), run the model on the worker, publish markers."""
+        request), run the model on the worker (streamed to on_progress: the actions), publish markers."""
         engine, worker = self.engine, self.worker
         if engine is None or worker is None:
             return QueryOutcome(False, self._not_configured())
@@ -421,7 +422,7 @@ class ReasonerNode(LifecycleNode):
             outcome = request
         else:
             try:
-                outcome = worker.run(engine.run, request)
+                outcome = worker.run(engine.run, request, on_progress)
             except Refused as err:
                 self.health.count("queries_refused")
                 outcome = QueryOutcome(False, str(err))
@@ -433,7 +434,7 @@ class ReasonerNode(LifecycleNode):
                                    f"{len(outcome.objects)} objects, answer {outcome.answer[:80]!r}")
             self.health.set("last_query_latency_s", round(outcome.latency_s, 3))
             try:
-                self._publish_markers(outcome)
+                self._publish_markers(outcome, streamed=on_progress is not None)
             except Exception as err:  # noqa: BLE001
                 self.get_logger().error(f"markers failed: {err}")
         else:

@@ -128,10 +128,10 @@ def _synthetic_room(client, scene, room, args, out: Path, budget: int) -> bool:
     print(f"[demo] fused map: {len(pts)} points (2 cm voxels) from ~/map_cloud")
     labels = [label for label, _, _ in room.objects]
     target = labels[0]
-    g = client.call("ground", description=f"the {target}", max_new_tokens=budget)
+    g = client.query("ground", f"the {target}", budget)
     _report(f"~/ground 'the {target}'", g)
     question = f"How far is the {labels[0]} from the {labels[1]}, in metres?"
-    a = client.call("ask", question=question, max_new_tokens=budget)
+    a = client.query("ask", question, budget)
     _report(f"~/ask '{question}'", a, answer=True)
     print("[demo] true furniture boxes (world frame 'map'):")
     truth = room.world_boxes()
@@ -153,7 +153,7 @@ def _real_frames(client, folder: Path, args, out: Path, budget: int) -> bool:
         return False
     print(f"[demo] fused map: {len(pts)} points")
     question = "What is the largest piece of furniture in this room?"
-    a = client.call("ask", question=question, max_new_tokens=budget)
+    a = client.query("ask", question, budget)
     _report(f"~/ask '{question}'", a, answer=True)
     _write_outputs(out, "_3dmatch", pts, cols, [_box_tuple(o) for o in (a.objects if a else [])])
     return a is not None
@@ -218,18 +218,42 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 class _Client:
-    """The demo's side over DDS: the shared harness Probe (camera, service clients, map cloud),
-    giving up as soon as the node process ends."""
+    """The demo's side over DDS: the shared harness Probe (camera, ~/clear, map cloud), giving up
+    as soon as the node process ends, and the planners' client for the questions (actions)."""
 
     def __init__(self, node_proc: subprocess.Popen):
+        from gs_reasoner_ros.client import ReasonerClient
         from gs_reasoner_ros.ros.harness import Probe
 
         self.probe = Probe(name="gs_reasoner_demo", alive=lambda: node_proc.poll() is None)
+        self.reasoner = ReasonerClient(name="gs_reasoner_demo_planner")
 
     def wait_ready(self, timeout: float) -> bool:
         p = self.probe
         ready = p.spin_until(lambda: p.player.subscribers_ready() and p.services_ready(), timeout)
+        ready = ready and self.reasoner.wait_for_server(max(1.0, timeout / 2))
         return ready and p.player.wait_for_subscribers(1.0)  # let the node's readers match too
+
+    def query(self, action: str, text: str, budget: int, timeout: float = 600.0):
+        """~/ask or ~/ground through its action, streamed: the Result, or None on a timeout."""
+        t0 = time.monotonic()
+        goal = (self.reasoner.ask_stream(text, max_new_tokens=budget, timeout_s=timeout) if action == "ask"
+                else self.reasoner.ground_stream(text, max_new_tokens=budget, timeout_s=timeout))
+        first, feedback, first_box = None, 0, None
+        try:
+            for fb in goal:
+                feedback += 1
+                first = first if first is not None else time.monotonic() - t0
+                if fb.objects and first_box is None:
+                    first_box = time.monotonic() - t0
+            result = goal.result()
+        except (TimeoutError, RuntimeError) as err:
+            print(f"[demo] ~/{action}: {err}")
+            return None
+        box = f", first box after {first_box:.2f} s" if first_box is not None else ""
+        print(f"[demo] ~/{action} streamed {feedback} feedback messages (first after "
+              f"{first if first is not None else float('nan'):.2f} s{box}), goal {goal.status_name}")
+        return result
 
     def replay(self, scene, rate: float):
         """Play the scene; return the decoded map cloud once it includes the last frame."""
@@ -250,4 +274,5 @@ class _Client:
             return None
 
     def close(self) -> None:
+        self.reasoner.close()
         self.probe.close()

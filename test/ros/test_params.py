@@ -101,7 +101,22 @@ def test_launch_file_compiles_and_exposes_the_arguments():
     py_compile.compile(str(path), doraise=True)  # never imported: launch/launch_ros are absent here
     declared = {node.args[0].value for node in ast.walk(ast.parse(path.read_text()))
                 if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument"}
-    assert {"params_file", "namespace", "use_sim_time", "world_frame", "checkpoint", "device"} <= declared
+    assert {"params_file", "namespace", "use_sim_time", "world_frame", "checkpoint", "device", "rviz",
+            "rviz_config"} <= declared
+    assert '"gs_reasoner.rviz"' in path.read_text() and 'executable="rviz2"' in path.read_text()
+
+
+def test_rviz_config_shows_the_nodes_outputs():
+    import yaml
+
+    config = yaml.safe_load((REPO / "config" / "gs_reasoner.rviz").read_text())["Visualization Manager"]
+    topics = {d["Class"]: d.get("Topic", {}).get("Value") for d in config["Displays"]}
+    assert topics["rviz_default_plugins/PointCloud2"] == "/gs_reasoner/map_cloud"
+    assert topics["rviz_default_plugins/MarkerArray"] == "/gs_reasoner/markers"
+    assert topics["vision_msgs_rviz_plugins/Detection3DArray"] == "/gs_reasoner/detections"
+    assert "rviz_default_plugins/TF" in topics and config["Global Options"]["Fixed Frame"] == "map"
+    latched = [d["Topic"] for d in config["Displays"] if d.get("Topic")]
+    assert all(t["Durability Policy"] == "Transient Local" for t in latched)  # the node latches them
 
 
 def test_fastdds_profile_is_shipped_and_used_only_when_unset(tmp_path):

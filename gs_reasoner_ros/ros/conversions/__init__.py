@@ -1,6 +1,7 @@
 """Message <-> numpy conversions for the node, one module per message family: stamps (Time,
 Header), images (Image), camera_info (CameraInfo and the synced RGB-D set), transforms
-(Transform, Pose), objects (GroundedObject), point_clouds (PointCloud2), markers (MarkerArray).
+(Transform, Pose), objects (GroundedObject), point_clouds (PointCloud2), markers (MarkerArray),
+detections (vision_msgs/Detection3DArray).
 
 Written with numpy only: cv_bridge from PyPI is broken with numpy 2 (16UC1 decodes as uint8),
 and sensor_msgs_py is not on PyPI. Decoders validate first and raise ValueError naming the

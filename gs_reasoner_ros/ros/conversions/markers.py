@@ -3,6 +3,8 @@
 One answer -> a MarkerArray: DELETEALL first (so boxes of a previous answer vanish), then per
 object i a LINE_LIST box (id 2*i, namespace "boxes") with the 12 edges of its oriented box,
 and a TEXT_VIEW_FACING label "label (conf)" (id 2*i+1, namespace "labels") above it.
+A streamed answer sends the DELETEALL alone when its question starts, then, as each box closes,
+every box so far without it (delete_all=False): the ids stay those of the final answer.
 """
 from __future__ import annotations
 
@@ -31,10 +33,11 @@ def label_text(label: str, confidence: float) -> str:
     return f"{label} ({confidence:.2f})"
 
 
-def box_markers(objects, frame_id: str, stamp: float) -> MarkerArray:
-    """MarkerArray for objects with label, center, quat (xyzw), size, confidence (world frame)."""
+def box_markers(objects, frame_id: str, stamp: float, delete_all: bool = True) -> MarkerArray:
+    """MarkerArray for objects with label, center, quat (xyzw), size, confidence (world frame);
+    delete_all: begin with a DELETEALL (a new answer), else only add/replace these ids."""
     hdr = header(frame_id, stamp)
-    out = [Marker(header=hdr, action=Marker.DELETEALL)]
+    out = [Marker(header=hdr, action=Marker.DELETEALL)] if delete_all else []
     edges = geometry.box_edges()
     for i, obj in enumerate(objects):
         corners = geometry.box_corners(obj.center, obj.quat, obj.size)
