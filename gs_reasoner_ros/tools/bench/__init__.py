@@ -28,7 +28,6 @@ import sys
 from gs_reasoner_ros.tools.bench.common import print_table
 from gs_reasoner_ros.tools.bench.gpu import DECODE_MODES, GPU_KEYS, bench_gpu
 from gs_reasoner_ros.tools.bench.mapping import MAPPING_KEYS, bench_mapping
-from gs_reasoner_ros.tools.bench import node as node_bench
 
 __all__ = ["GPU_KEYS", "MAPPING_KEYS", "add_arguments", "bench_gpu", "bench_mapping", "run"]
 
@@ -68,12 +67,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--rates", default="15,30", help="input rates in Hz for the intake test")
     m.add_argument("--duration", type=float, default=None, help="seconds per intake run (default 5, 1 with --tiny)")
     m.add_argument("--json", action="store_true", help="print one JSON line")
+    from gs_reasoner_ros.tools.bench import node as node_bench  # here: its module also runs as a process entry
+
     n = sub.add_parser("node", help="the node process with a 30 Hz camera and planners' calls over DDS")
     node_bench.add_arguments(n)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.part == "node":
+        from gs_reasoner_ros.tools.bench import node as node_bench
+
         return node_bench.run(args)
     try:
         result = bench_gpu(args) if args.part == "gpu" else bench_mapping(args)

@@ -38,10 +38,14 @@ NODE_KEYS = ("ground_p50_s", "ground_p95_s", "cot256_p50_s", "cot256_p95_s", "fo
              "fused_fraction", "integrate_ms_p50", "lag_p95_ms", "backlog_growth", "gpu_mem_slope_gb_per_1k",
              "rss_slope_mb_per_1k", "configure_cold_s", "configure_warm_s", "sigint_exit_s", "sigterm_exit_s",
              "oom_answered", "next_after_oom_ok", "ground_count", "cot256_count", "followup_count")
+# Stores at the node's default caps on the GPU; small ones with --tiny, so that they fill (and
+# memory reaches its steady state) within the minute.
 FULL = dict(rate=30.0, width=640, height=480, frames=32, ground=64, cot=256, followup=16, duration=240.0,
-            sample_s=10.0, loop_frames=300)
-TINY = dict(rate=15.0, width=320, height=240, frames=8, ground=8, cot=24, followup=4, duration=45.0,
-            sample_s=2.0, loop_frames=90)
+            sample_s=10.0, loop_frames=300, export_every=10, clear_every=40, repeats=3,
+            max_keyframes=200, max_voxels=500000)
+TINY = dict(rate=15.0, width=320, height=240, frames=4, ground=6, cot=12, followup=4, duration=30.0,
+            sample_s=2.0, loop_frames=90, export_every=2, clear_every=3, repeats=1,
+            max_keyframes=24, max_voxels=100000)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -174,6 +178,7 @@ class Camera:
 
 def _node_params(cfg: dict, tiny: bool, checkpoint: str, work: Path) -> dict:
     params = {"num_frames": cfg["frames"], "diagnostics_period_s": 0.5, "export_root": str(work / "exports"),
+              "max_keyframes": cfg["max_keyframes"], "max_voxels": cfg["max_voxels"],
               # no forced keyframe while the camera holds still for a chain of thought and its follow-up
               "keyframe_max_interval_s": 30.0}
     if not tiny:
@@ -192,7 +197,7 @@ def _wait_ready(probe, proc, timeout_s: float) -> float:
     t0 = time.monotonic()
     probe.diag_msg = None
     ok = probe.spin_until(lambda: proc.poll() is None and probe.services_ready()
-                          and probe.diag_value("configure_s", -1.0) >= 0, timeout_s)
+                          and probe.diag_value("configure_s", -1.0) >= 0, timeout_s)  # "" until configured
     if not ok:
         raise RuntimeError(f"the node did not come up within {timeout_s:g} s (exit code {proc.poll()})")
     return time.monotonic() - t0
@@ -201,7 +206,7 @@ def _wait_ready(probe, proc, timeout_s: float) -> float:
 def _signal_during_answer(client, proc, sig: int, tokens: int) -> tuple[float | None, int | None]:
     """Send `sig` while a chain-of-thought answer runs; (seconds to exit, exit code)."""
     client.probe.call_async("ask", question="Describe the room step by step.", max_new_tokens=tokens)
-    client.probe.spin_until(lambda: client.probe.diag_value("query_running") > 0, 10.0)
+    client.probe.spin_until(lambda: client.probe.diag().get("model", {}).get("query_running") == "True", 10.0)
     time.sleep(0.3)
     t0 = time.monotonic()
     proc.send_signal(sig)
@@ -255,7 +260,7 @@ def _reasoner_only(cfg: dict, tiny: bool, env: dict, log_path: Path) -> dict:
     """`gs-reasoner bench gpu --path product` (the Reasoner alone, same sizes) in its own process."""
     cmd = [sys.executable, "-m", "gs_reasoner_ros.tools.cli", "bench", "gpu", "--path", "product", "--no-baseline",
            "--json", "--frames", str(cfg["frames"]), "--grounding-tokens", str(cfg["ground"]),
-           "--cot-tokens", str(cfg["cot"]), "--followup-tokens", str(cfg["followup"])] + (["--tiny"] if tiny else [])
+           "--cot-tokens", str(cfg["cot"]), "--followup-tokens", str(cfg["followup"]), "--repeats", str(cfg["repeats"])] + (["--tiny"] if tiny else [])
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     log_path.write_text(out.stderr)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
@@ -265,6 +270,14 @@ def _reasoner_only(cfg: dict, tiny: bool, env: dict, log_path: Path) -> dict:
     return {"reasoner_ground_s": r.get("grounding_arrival_s"), "reasoner_ground_cold_s": r.get("grounding_s"),
             "reasoner_cot256_s": r.get("cot256_arrival_s"), "reasoner_followup_s": r.get("followup_total_s"),
             "reasoner_decode_ms_per_token": r.get("decode_ms_per_token"), "reasoner_warmup_s": r.get("warmup_s")}
+
+
+def _isolate(work: Path) -> None:
+    """The bench's traffic on this machine, on a domain of its own (a node of the same name in
+    another run on this host must not answer our calls), unless the caller chose; ROS logs in WORK."""
+    os.environ.setdefault("ROS_DOMAIN_ID", str(201 + os.getpid() % 30))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_LOG_DIR", str(work / "ros_log"))
 
 
 def run_bench(args: argparse.Namespace, log=progress) -> dict:
@@ -282,6 +295,7 @@ def run_bench(args: argparse.Namespace, log=progress) -> dict:
                 if v is not None})
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="gs_reasoner_bench_node_"))
     work.mkdir(parents=True, exist_ok=True)
+    _isolate(work)
     env = dict(os.environ, PYTHONUNBUFFERED="1", TORCHINDUCTOR_CACHE_DIR=str(work / "inductor"))
     checkpoint = "" if tiny else str(Path(args.checkpoint or work / "weights").resolve())
     if checkpoint and not (Path(checkpoint) / "config.json").is_file():
@@ -297,7 +311,7 @@ def run_bench(args: argparse.Namespace, log=progress) -> dict:
     rclpy.init(context=ctx)
     probe = Probe(ctx, name="gs_reasoner_bench_planner", target=NODE, background=True)
     plan = Plan(ground_tokens=cfg["ground"], cot_tokens=cfg["cot"], followup_tokens=cfg["followup"],
-                min_keyframes=min(8, cfg["frames"]))
+                min_keyframes=min(8, cfg["frames"]), export_every=cfg["export_every"], clear_every=cfg["clear_every"])
     client = Client(probe, camera, plan)
     proc = None
     try:
@@ -357,6 +371,9 @@ def _main_run(client, camera, proc, cfg: dict, args, t_start: float, log) -> dic
             log(f"{time.monotonic() - t0:.0f} s: {client.cycles} cycles, {client.calls.total()} answers")
     camera("move")
     rows = sampler.stop()
+
+    def steady(row) -> bool:  # both stores full: memory may only grow by leaking from here on
+        return row["keyframes"] >= cfg["max_keyframes"] and row["map_points"] >= 0.8 * cfg["max_voxels"]
     d = probe.diag_value
     synced = d("synced_total") - base["synced_total"]
     fused = d("integrated_total") - base["integrated_total"]
@@ -372,8 +389,10 @@ def _main_run(client, camera, proc, cfg: dict, args, t_start: float, log) -> dic
            "intake_dropped": d("intake_dropped_total"), "tf_failures": d("tf_failures_total"),
            "rejected": d("rejected_total"),
            "backlog_growth": backlog_growth_ms(rows), "backlog_max_ms": max((r["backlog_ms"] for r in rows), default=None),
-           "gpu_mem_slope_gb_per_1k": slope_per_1k(rows, "gpu_allocated_mb", 1 / 1024),
-           "rss_slope_mb_per_1k": slope_per_1k(rows, "rss_mb"),
+           "gpu_mem_slope_gb_per_1k": slope_per_1k(rows, "gpu_allocated_mb", steady, 1 / 1024),
+           "rss_slope_mb_per_1k": slope_per_1k(rows, "rss_mb", steady),
+           "memory_steady_samples": sum(map(steady, rows)), "keyframes_cap": cfg["max_keyframes"],
+           "map_points_cap": cfg["max_voxels"],
            "keyframes_max": max(r["keyframes"] for r in rows), "map_points_max": max(r["map_points"] for r in rows),
            "samples": rows, "concurrent": client.concurrent, "failures": calls.failures, "failure_messages": calls.messages,
            "followup_same_keyframes": client.followup_same_keyframes}

@@ -177,10 +177,12 @@ class Sampler:
                           "backlog_ms": round((time.time() - newest) * 1e3, 1) if newest > 0 else float("nan")})
 
 
-def slope_per_1k(rows: list[dict], key: str, scale: float = 1.0) -> float | None:
+def slope_per_1k(rows: list[dict], key: str, steady=None, scale: float = 1.0) -> float | None:
     """Least-squares slope of rows[key] * scale against answered queries, per 1,000 queries,
-    over the samples after warm-up (the first quarter of the run is left out)."""
-    rows = [r for r in rows[len(rows) // 4:] if np.isfinite(r[key])]
+    over the samples in the steady state (`steady(row)`, e.g. the stores at their caps; where
+    fewer than 3 are, the run after its first quarter)."""
+    chosen = [r for r in rows if steady is not None and steady(r)]
+    rows = [r for r in (chosen if len(chosen) >= 3 else rows[len(rows) // 4:]) if np.isfinite(r[key])]
     x = np.array([r["queries"] for r in rows], dtype=float)
     if len(rows) < 3 or np.ptp(x) == 0:
         return None

@@ -195,3 +195,14 @@ def test_timeline_checks_can_be_off():
     intake.observe_stamp("input", "color", 100.0)
     intake.observe_stamp("input", "color", 1.0)
     assert intake.health.total("time_jump_resets") == 0
+
+
+def test_each_fused_frame_reports_its_integration_time_and_lag(scene):
+    intake, tf, _ = make_intake()
+    stamp = time.time() - 0.25  # a camera stamping with this clock, its frame 250 ms old
+    pose_at(tf, scene.poses[0], stamp)
+    intake.accept(rgbd(scene, 0, stamp))
+    snap = intake.health.snapshot()
+    assert snap["integrate_ms_count"] == 1 and 0 < snap["integrate_ms_p50"] < 5000
+    assert snap["fused_lag_ms_count"] == 1
+    assert 250 <= snap["fused_lag_ms_p95"] < 250 + 5000
