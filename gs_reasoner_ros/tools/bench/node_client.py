@@ -25,8 +25,8 @@ class Plan:
     ground_tokens: int = 64
     cot_tokens: int = 256
     followup_tokens: int = 16
-    move_s: float = 0.7  # camera motion before each grounding (new keyframes)
-    settle_s: float = 0.3  # after `hold`, for frames in flight to land
+    move_s: float = 0.5  # camera motion before each grounding (new keyframes)
+    settle_s: float = 0.2  # after `hold`, for frames in flight to land
     export_every: int = 10  # cycles
     clear_every: int = 25
     min_keyframes: int = 8  # before a cycle starts (after ~/clear the store is empty)
