@@ -33,39 +33,22 @@ if ! step_done wheels "$key"; then
   mark_done wheels "$key"
 fi
 
-export AMENT_PREFIX_PATH=$VENV CMAKE_PREFIX_PATH=$VENV
-build_interfaces() {  # $1 source dir, $2 build dir, extra cmake args...
-  local src=$1 bld=$2; shift 2
-  cmake -S "$src" -B "$bld" -G Ninja -DCMAKE_INSTALL_PREFIX="$VENV" \
-    -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF "$@" > "$bld.log" 2>&1 \
-    && cmake --build "$bld" -j2 >> "$bld.log" 2>&1 \
-    && cmake --install "$bld" >> "$bld.log" 2>&1 \
-    || { echo "building interfaces in $src failed; see $bld.log"; tail -20 "$bld.log"; exit 1; }
-}
-mkdir -p build
 key=$(digest third_party/tf2_msgs/CMakeLists.txt third_party/tf2_msgs/package.xml third_party/tf2_msgs/msg/* cmake/*)
 if ! step_done tf2_msgs "$key"; then
   log "building tf2_msgs/TFMessage for the wheel environment"
-  build_interfaces third_party/tf2_msgs build/tf2_msgs
+  scripts/build_interfaces.sh "$VENV" tf2_msgs
   mark_done tf2_msgs "$key"
 fi
 key=$(digest third_party/vision_msgs/CMakeLists.txt third_party/vision_msgs/package.xml third_party/vision_msgs/msg/* cmake/*)
 if ! step_done vision_msgs "$key"; then
   log "building vision_msgs/Detection3DArray for the wheel environment"
-  build_interfaces third_party/vision_msgs build/vision_msgs
+  scripts/build_interfaces.sh "$VENV" vision_msgs
   mark_done vision_msgs "$key"
 fi
 key=$(digest CMakeLists.txt package.xml msg/* srv/* action/* cmake/*)
 if ! step_done interfaces "$key" || [ ! -f gs_reasoner_ros/msg/__init__.py ] || [ ! -f gs_reasoner_ros/action/__init__.py ]; then
   log "building gs_reasoner_ros interfaces (rosidl)"
-  rm -rf build/python
-  build_interfaces . build/gs_reasoner_ros -DGSR_INTERFACES_ONLY=ON -DPYTHON_INSTALL_DIR="$ROOT/build/python"
-  # Generated Python goes into the source package (git-ignored) so that the editable
-  # install serves both the code and gs_reasoner_ros.msg / .srv / .action.
-  rm -rf gs_reasoner_ros/msg gs_reasoner_ros/srv gs_reasoner_ros/action gs_reasoner_ros/*.so
-  cp -r build/python/gs_reasoner_ros/msg build/python/gs_reasoner_ros/srv build/python/gs_reasoner_ros/action \
-    build/python/gs_reasoner_ros/*.so gs_reasoner_ros/
-  rm -f gs_reasoner_ros/msg/*.c gs_reasoner_ros/srv/*.c gs_reasoner_ros/action/*.c
+  scripts/build_interfaces.sh "$VENV" interfaces
   mark_done interfaces "$key"
 fi
 

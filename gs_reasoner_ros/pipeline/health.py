@@ -7,6 +7,7 @@ and logged at most once per call site and period.
 from __future__ import annotations
 
 import collections
+import math
 import sys
 import threading
 import time
@@ -22,6 +23,38 @@ def bounded(text: str, limit: int = MAX_TEXT) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
+class Distribution:
+    """Quantiles of a stream of positive values (e.g. milliseconds) since the start, in constant
+    memory: counts in geometric bins 2 % wide, so a quantile is off by at most 2 %. The node
+    observes every fused frame; a window of samples would show only the last seconds."""
+
+    RATIO = 1.02
+    FLOOR = 1e-4  # values below this count in the lowest bin
+
+    def __init__(self):
+        self.count, self.max = 0, 0.0
+        self._bins: collections.Counter = collections.Counter()
+
+    def add(self, value: float) -> None:
+        value = float(value)
+        if not math.isfinite(value):
+            return
+        self._bins[int(math.log(max(value, self.FLOOR) / self.FLOOR, self.RATIO))] += 1
+        self.count += 1
+        self.max = max(self.max, value)
+
+    def quantile(self, q: float) -> float:
+        """The q-quantile (0..1): the upper edge of the bin holding it, capped at the maximum."""
+        if not self.count:
+            return float("nan")
+        rank, seen = q * self.count, 0
+        for b in sorted(self._bins):
+            seen += self._bins[b]
+            if seen >= rank:
+                return min(self.FLOOR * self.RATIO ** (b + 1), self.max)
+        return self.max
+
+
 class Health:
     """Counters (monotonic totals), rates over the last few seconds, and last values."""
 
@@ -31,6 +64,12 @@ class Health:
         self._counts: dict[str, int] = collections.Counter()
         self._ticks: dict[str, collections.deque] = collections.defaultdict(collections.deque)
         self._values: dict[str, object] = {}
+        self._distributions: dict[str, Distribution] = collections.defaultdict(Distribution)
+
+    def observe(self, name: str, value: float) -> None:
+        """Add a sample to distribution `name` (/diagnostics shows its p50, p95, max, count)."""
+        with self._lock:
+            self._distributions[name].add(value)
 
     def count(self, name: str, n: int = 1) -> int:
         """Add n to counter `name` (its rate is tracked too); returns the new total."""
@@ -65,6 +104,9 @@ class Health:
         out.update({f"{n}_hz": round(self.rate(n), 2) for n in names})
         with self._lock:
             out.update(self._values)
+            for n, d in self._distributions.items():
+                out.update({f"{n}_p50": round(d.quantile(0.5), 3), f"{n}_p95": round(d.quantile(0.95), 3),
+                            f"{n}_max": round(d.max, 3), f"{n}_count": d.count})
         return out
 
     def _trim(self, ticks: collections.deque, now: float) -> None:
@@ -102,3 +144,16 @@ class Reporter:
         n = self.health.count("tf_failures")
         self.health.set("last_tf_failure", why)
         self.throttled("warning", f"dropped a frame: {why} ({n} so far)", site="tf_failure")
+
+
+def accelerator_memory() -> dict:
+    """GPU memory this process holds through torch, in MB ({} before it used CUDA): what
+    /diagnostics shows so a long run's memory can be watched from outside."""
+    torch = sys.modules.get("torch")  # never import torch just to say it is unused
+    try:
+        if torch is None or not torch.cuda.is_initialized():
+            return {}
+        return {"gpu_allocated_mb": round(torch.cuda.memory_allocated() / 2**20, 1),
+                "gpu_reserved_mb": round(torch.cuda.memory_reserved() / 2**20, 1)}
+    except Exception:  # noqa: BLE001 (a driver error must not break /diagnostics)
+        return {}

@@ -201,7 +201,9 @@ class Intake:
             self.motion[f.camera].add(f.stamp, pose)
             try:
                 frame = Frame(rgb=f.rgb, depth=f.depth, K=f.k, pose=pose, stamp=f.stamp, camera=f.camera)
-                self.voxel_map.integrate_frame(frame, stride=p.map_stride)
+                t0 = time.perf_counter()
+                self.voxel_map.integrate_frame(frame, stride=p.map_stride)  # returns once fused (GPU too)
+                self.health.observe("integrate_ms", (time.perf_counter() - t0) * 1e3)
                 if self.keyframes.offer(frame) and self._preparer is not None:
                     self._preparer.submit(frame, self.keyframes.frame_id(frame))
             except Exception as err:  # noqa: BLE001
@@ -209,6 +211,9 @@ class Intake:
                 return
             self.version += 1
             self.newest_stamp = max(self.newest_stamp, f.stamp)
+        # From the frame's stamp to fused, as far as the wall clock tells: meaningful where the
+        # camera stamps with this machine's clock (drivers do; replayed bags and sim time do not).
+        self.health.observe("fused_lag_ms", (time.time() - f.stamp) * 1e3)
         self.health.count("integrated")
 
     def clear(self) -> tuple[int, int]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
-from visualization_msgs.msg import MarkerArray
 from vision_msgs.msg import Detection3DArray
 
 from gs_reasoner_ros.action import AskSpatialQuestion, GroundObjects

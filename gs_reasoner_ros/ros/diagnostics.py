@@ -49,7 +49,11 @@ def diagnostic_array(node_name: str, stamp, snap: dict, active: bool) -> Diagnos
                                     "time_jump_resets_total", "relocalizations_total")}
     mapping.update({k: g(k, "") for k in ("last_time_jump", "last_relocalization", "alignment",
                                           "alignment_up_correction_deg", "alignment_wall_yaw_deg")})
-    model = {k: g(k, "") for k in ("model_loaded", "untrained", "checkpoint", "device", "configure_error")}
+    # per fused frame since configure: map integration time, and wall clock minus the frame's stamp
+    mapping.update({f"{d}_{q}": g(f"{d}_{q}", "") for d in ("integrate_ms", "fused_lag_ms")
+                    for q in ("p50", "p95", "max", "count")})
+    model = {k: g(k, "") for k in ("model_loaded", "untrained", "checkpoint", "device", "configure_error",
+                                   "configure_s", "gpu_allocated_mb", "gpu_reserved_mb")}
     model.update({k: g(k, 0) for k in ("queries_served_total", "queries_failed_total", "queries_refused_total",
                                        "last_query_latency_s", "query_running")})
     if not g("model_loaded", False) and g("configure_error", ""):

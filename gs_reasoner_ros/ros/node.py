@@ -44,7 +44,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from gs_reasoner_ros.pipeline import budget
 from gs_reasoner_ros.pipeline.export import ExportBudget, export_scene
 from gs_reasoner_ros.pipeline.frame_preparer import FramePreparer
-from gs_reasoner_ros.pipeline.health import Health, Reporter, bounded
+from gs_reasoner_ros.pipeline.health import Health, Reporter, accelerator_memory, bounded
 from gs_reasoner_ros.pipeline.intake import Intake
 from gs_reasoner_ros.pipeline.queries import QueryEngine, QueryLimits, QueryOutcome
 from gs_reasoner_ros.pipeline.query_worker import QueryWorker, Refused
@@ -128,6 +128,7 @@ class ReasonerNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         from gs_reasoner_ros.scene_memory import KeyframeStore, make_voxel_map
 
+        t_configure = time.monotonic()
         self.p = self._loaded_p = p = params.read(self)
         self._configure_error = ""
         self.health.set("configure_error", "")
@@ -187,6 +188,7 @@ class ReasonerNode(LifecycleNode):
         if p.map_publish_period_s > 0:
             self._configured_timers.append(self.create_timer(p.map_publish_period_s, self._publish_map,
                                                              callback_group=g["map"]))
+        self.health.set("configure_s", round(time.monotonic() - t_configure, 2))  # model load + warm-up
         return SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -398,6 +400,8 @@ class ReasonerNode(LifecycleNode):
             self.health.set("input_gap_s", self.p.input_gap_s)
             self.health.set("query_running", bool(self.worker and self.worker.busy))
             self.health.set("intake_waiting", intake.waiting if intake is not None else 0)
+            for key, value in accelerator_memory().items():
+                self.health.set(key, value)
             if self._sync is not None:  # the system message_filters does not count its drops
                 self.health.set("sync_dropped_total", getattr(self._sync, "dropped", "n/a"))
             name = self.get_fully_qualified_name().lstrip("/")  # robot1/gs_reasoner: two robots, two names

@@ -147,7 +147,6 @@ def _msg_class(msgtype: str):
 def play(plan: Plan, node_name: str, rate: float = 1.0, fast: bool = False, window: int = 2,
          wait_s: float = 20.0, clock: bool = True) -> Result:
     """Publish the bag's chosen topics into the running node `node_name`; see the module docstring."""
-    import rclpy
     from rclpy.serialization import deserialize_message
     from rosbags.highlevel import AnyReader
     from rosgraph_msgs.msg import Clock

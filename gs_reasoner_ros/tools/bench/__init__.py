@@ -8,6 +8,10 @@ naive transformers path measured in the same run (SDPA attention, `generate`, So
 fallback) and with a floor from a measured GEMM rate and copy bandwidth. New tokens are forced
 (no eos) so every run decodes exactly N tokens. `--tiny` runs a tiny model on CPU for CI.
 
+`bench node` runs the node process itself with a camera stream and planners' calls over DDS
+(gs_reasoner_ros.tools.bench.node): client-side latencies, intake, memory, configure and
+shutdown times, with the Reasoner alone measured in the same run for the overhead ratios.
+
 `bench mapping` times the integration of 640x480 RGB-D frames into the 2 cm voxel map (the
 frames of ../shared/data/rgbd_3dmatch when present, and rendered synthetic frames) and the intake
 rate at 15 and 30 Hz while a busy model call runs in another thread.
@@ -36,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--frames", type=int, default=None, help="keyframes per query (default 32, 2 with --tiny)")
     g.add_argument("--grounding-tokens", type=int, default=None, help="new tokens of the grounding query (64)")
     g.add_argument("--cot-tokens", type=int, default=None, help="new tokens of the chain-of-thought query (256)")
+    g.add_argument("--followup-tokens", type=int, default=None,
+                   help="new tokens of the timed follow-up answer (default: --grounding-tokens)")
     g.add_argument("--question-tokens", type=int, default=106,
                    help="prompt tokens after the visual tokens (instruction + question + assistant header)")
     g.add_argument("--repeats", type=int, default=3)
@@ -61,9 +67,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--rates", default="15,30", help="input rates in Hz for the intake test")
     m.add_argument("--duration", type=float, default=None, help="seconds per intake run (default 5, 1 with --tiny)")
     m.add_argument("--json", action="store_true", help="print one JSON line")
+    from gs_reasoner_ros.tools.bench import node as node_bench  # here: its module also runs as a process entry
+
+    n = sub.add_parser("node", help="the node process with a 30 Hz camera and planners' calls over DDS")
+    node_bench.add_arguments(n)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.part == "node":
+        from gs_reasoner_ros.tools.bench import node as node_bench
+
+        return node_bench.run(args)
     try:
         result = bench_gpu(args) if args.part == "gpu" else bench_mapping(args)
     except ValueError as err:

@@ -36,6 +36,7 @@ def bench_gpu(args: argparse.Namespace) -> dict:
     n_cot = args.cot_tokens or (16 if args.tiny else 256)
     # decode timing needs a second token; everything else at least one
     for name, value, least in (("--frames", frames, 1), ("--grounding-tokens", n_ground, 2),
+                               ("--followup-tokens", getattr(args, "followup_tokens", None) or 2, 2),
                                ("--cot-tokens", n_cot, 2), ("--question-tokens", args.question_tokens, 1),
                                ("--repeats", args.repeats, 1)):
         if value < least:
@@ -52,6 +53,7 @@ def bench_gpu(args: argparse.Namespace) -> dict:
         progress(f"model built on {device} in {time.perf_counter() - t0:.1f} s")
         scene = bench_scene(frames, args.tiny)
         session = Session(model, scene, n_ground, n_cot, args.question_tokens, args.repeats)
+        session.n_followup = getattr(args, "followup_tokens", None)
         result = dict(device=device_name(device), tiny=bool(args.tiny), frames=frames,
                       prompt_tokens=session.prompt_tokens, visual_tokens=session.visual_tokens,
                       grounding_tokens=n_ground, cot_tokens=n_cot)
@@ -87,6 +89,7 @@ class Session:
         self.lm = model.language_model
         self.device = model.device
         self.n_ground, self.n_cot = n_ground, n_cot
+        self.n_followup: int | None = None  # tokens of the timed follow-up answer (None: n_ground)
         self.frame_indices = list(range(len(scene)))
         vocab = min(self.lm.config.vocab_size, 151643)  # random ordinary (non-special) tokens
         rng = np.random.default_rng(0)
@@ -347,14 +350,15 @@ class Session:
                 ask(f"{name}_s", questions[0], task, n)
                 ask(f"{name}_arrival_s", questions[0], task, n, prepare=True)
             ask("followup_s", questions[1], "qa", 1, cold=False)
-            ask("followup_total_s", questions[1], "qa", self.n_ground, cold=False)
+            ask("followup_total_s", questions[1], "qa", self.n_followup or self.n_ground, cold=False)
         med = {k: statistics.median(v) for k, v in runs.items()}
         out = {k: v for k, v in med.items() if ":" not in k}
         for name in ("grounding_s", "grounding_arrival_s", "followup_total_s"):
             out[f"stages_{name[:-2]}"] = {k.split(":")[1]: round(v, 5) for k, v in med.items()
                                           if k.startswith(name + ":")}
         g = out["stages_followup_total"]
-        out.update(decode_ms_per_token=g["decode_s"] / (self.n_ground - 1) * 1e3,
+        out.update(decode_ms_per_token=g["decode_s"] / ((self.n_followup or self.n_ground) - 1) * 1e3,
+                   followup_tokens=self.n_followup or self.n_ground,
                    sonata_s=out["stages_grounding"].get("sonata_s", 0.0) + out["stages_grounding"].get("pooling_s", 0.0),
                    warmup_s=warmup_s, decode_mode=("compile" if r.model.decoder.compile else
                                                      "graph" if r.model.decoder.use_cuda_graphs else "eager"),

@@ -305,3 +305,14 @@ def test_a_pose_far_from_the_origin_is_refused(scene):
     pose_at(tf, shifted(scene.poses[0], 1e6), 10.0)
     intake.accept(rgbd(scene, 0, 10.0))
     assert len(intake.voxel_map) == 0 and intake.health.total("rejected") == 1
+
+
+def test_each_fused_frame_reports_its_integration_time_and_lag(scene):
+    intake, tf, _ = make_intake()
+    stamp = time.time() - 0.25  # a camera stamping with this clock, its frame 250 ms old
+    pose_at(tf, scene.poses[0], stamp)
+    intake.accept(rgbd(scene, 0, stamp))
+    snap = intake.health.snapshot()
+    assert snap["integrate_ms_count"] == 1 and 0 < snap["integrate_ms_p50"] < 5000
+    assert snap["fused_lag_ms_count"] == 1
+    assert 250 <= snap["fused_lag_ms_p95"] < 250 + 5000
