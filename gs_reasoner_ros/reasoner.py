@@ -145,7 +145,8 @@ class Reasoner:
 
         from .model.preprocess import FrameCache
 
-        self.frame_cache = FrameCache(getattr(model, "device", "cpu"), capacity=FRAME_CACHE_SIZE)
+        self.frame_cache = FrameCache(getattr(model, "device", "cpu"), capacity=FRAME_CACHE_SIZE,
+                                      crop=int(getattr(model, "image_size", 384)))  # the model's frame size
         self._visual_cache: OrderedDict = OrderedDict()
         self.warmup_s: float | None = None
 

@@ -30,7 +30,7 @@ DEMO_VISION = {
     "num_channels": 3, "image_size": 224, "patch_size": 14, "hidden_act": "gelu_pytorch_tanh",
     "layer_norm_eps": 1e-6, "attention_dropout": 0.0,
 }
-DEMO_SONATA = {"enc_depths": [1, 1, 1, 0, 0], "enc_patch_size": [256] * 5}
+DEMO_SONATA = {"enc_depths": [1, 1, 0, 0, 0], "enc_patch_size": [256] * 5}
 DEMO_TEXT = {
     "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
     "intermediate_size": 768, "max_position_embeddings": 32768, "rope_theta": 10000.0,
