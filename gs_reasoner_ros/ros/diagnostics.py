@@ -46,7 +46,8 @@ def diagnostic_array(node_name: str, stamp, snap: dict, active: bool) -> Diagnos
                                     "time_jump_resets_total", "relocalizations_total")}
     mapping.update({k: g(k, "") for k in ("last_time_jump", "last_relocalization", "alignment",
                                           "alignment_up_correction_deg", "alignment_wall_yaw_deg")})
-    model = {k: g(k, "") for k in ("model_loaded", "untrained", "checkpoint", "device", "configure_error")}
+    model = {k: g(k, "") for k in ("model_loaded", "untrained", "checkpoint", "device", "configure_error",
+                                   "model_note")}
     model.update({k: g(k, 0) for k in ("queries_served_total", "queries_failed_total", "queries_refused_total",
                                        "last_query_latency_s", "query_running")})
     if not g("model_loaded", False) and g("configure_error", ""):
@@ -55,6 +56,8 @@ def diagnostic_array(node_name: str, stamp, snap: dict, active: bool) -> Diagnos
         m_level, m_msg = ERROR, "model not loaded (node not configured)"
     elif g("untrained", False):
         m_level, m_msg = WARN, "UNTRAINED model weights (no checkpoint): answers are meaningless"
+    elif g("model_note", ""):
+        m_level, m_msg = OK, f"model loaded: {g('model_note')}"
     else:
         m_level, m_msg = OK, "model loaded"
     hw = node_name

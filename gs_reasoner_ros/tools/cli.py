@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "train": ("gs_reasoner_ros.training.cli", "train or fine-tune GS-Reasoner"),
     "eval": ("gs_reasoner_ros.evaluation.cli", "evaluate on a benchmark"),
     "export-scene": ("gs_reasoner_ros.tools.export_scene", "write a scene or rosbag as processed-data keyframes"),
+    "demo-eval": ("gs_reasoner_ros.tools.demo_eval", "score held-out generated rooms through the node's ~/ground and ~/ask"),
     "soak": ("gs_reasoner_ros.tools.soak", "replay many frames through the running node with queries; memory curve"),
 }
 

@@ -15,7 +15,8 @@ ROS_PACKAGES = {"rclpy", "rcl_interfaces", "sensor_msgs", "std_msgs", "geometry_
                 "vision_msgs", "message_filters", "lifecycle_msgs", "action_msgs"}
 GENERATED = {"gs_reasoner_ros.msg", "gs_reasoner_ros.srv", "gs_reasoner_ros.action"}  # rosidl output
 # Tools that start and drive ROS processes (the node, a camera, a planner) may use ROS.
-ROS_TOOLS = {"gs_reasoner_ros.tools.demo", "gs_reasoner_ros.tools.soak", "gs_reasoner_ros.tools.cli"}
+ROS_TOOLS = {"gs_reasoner_ros.tools.demo", "gs_reasoner_ros.tools.soak", "gs_reasoner_ros.tools.cli",
+             "gs_reasoner_ros.tools.demo_eval"}
 FIXTURES = {"gs_reasoner_ros.synthetic"}
 # Production code: what the node and the offline library run (not tools, not fixtures' users).
 PRODUCTION = ("gs_reasoner_ros.pipeline", "gs_reasoner_ros.scene_memory", "gs_reasoner_ros.model",
