@@ -110,7 +110,7 @@ def _rigid_augmentation(rng) -> PointAugmentation:
 
 
 def _gcot(video: str, key: str, qtype: str, question: str, think: str, answer: str, aug: PointAugmentation) -> dict:
-    source, scene = video.split("/", 1)
+    source, _, scene = video.rpartition("/")  # scene_key joins them back: "<source>/<scene>"
     cot = load_prompts()["grounded_cot"]
     return {"id": f"{video}/{key}", "data_source": source, "scene_name": scene,
             "conversations": [{"from": "human", "value": f"<image>\n{cot}\n{question}\n"},
