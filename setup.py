@@ -14,7 +14,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["gs_reasoner_ros", "gs_reasoner_ros.*"]),
-    package_data={"gs_reasoner_ros": ["*.json", "config/*.yaml", "config/*.xml"]},
+    package_data={"gs_reasoner_ros": ["*.json", "config/*.yaml", "config/*.xml", "models/demo/*"]},
     entry_points={
         "console_scripts": [
             "reasoner_node = gs_reasoner_ros.ros.process:main",

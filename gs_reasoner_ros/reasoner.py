@@ -109,6 +109,23 @@ def tiny_checkpoint_dir(seed: int = 0) -> str:
         return target
 
 
+def resolve_checkpoint(checkpoint: str | None) -> tuple[str | None, str]:
+    """(folder, note) for a checkpoint name: "tiny" or None -> (None, "") the untrained tiny
+    model; "demo" -> the shipped demo model's folder and the note every answer carries
+    (ValueError when this install has no demo weights); any other name is a folder."""
+    from .model.demo import DEMO, DEMO_NOTE, TINY, demo_checkpoint_dir
+
+    if checkpoint is None or checkpoint == TINY:
+        return None, ""
+    if checkpoint == DEMO:
+        folder = demo_checkpoint_dir()
+        if folder is None:
+            raise ValueError("the demo model's weights are not installed (gs_reasoner_ros/models/demo); "
+                             "scripts/train_demo_model.sh makes them")
+        return folder, DEMO_NOTE
+    return os.fspath(checkpoint), ""
+
+
 def warmup_scene(n_frames: int, width: int = 160, height: int = 120):
     """Frames of a camera turning inside a 4 x 4 x 2.5 m box: enough points and pixels for every
     kernel the model picks at its first real question (the content does not matter)."""
@@ -178,7 +195,9 @@ class Reasoner:
 
         from .model.preprocess import FrameCache
 
-        self.frame_cache = FrameCache(getattr(model, "device", "cpu"), capacity=int(frame_cache_size))
+        self.model_note = ""  # what the answers' users must know about these weights (the demo model)
+        self.frame_cache = FrameCache(getattr(model, "device", "cpu"), capacity=int(frame_cache_size),
+                                      crop=int(getattr(model, "image_size", 384)))  # the model's frame size
         self._visual_cache: OrderedDict = OrderedDict()
         self.warmup_s: float | None = None
 
@@ -209,6 +228,7 @@ class Reasoner:
 
         torch_dtype = _torch_dtype(dtype)
         device = _check_device(device)
+        checkpoint, note = resolve_checkpoint(checkpoint)
         untrained = checkpoint is None
         if untrained:
             log.warning("NO CHECKPOINT GIVEN: using a tiny model with RANDOM weights; its answers are "
@@ -238,6 +258,9 @@ class Reasoner:
                        untrained=untrained, checkpoint=None if untrained else path,
                        max_question_chars=max_question_chars, max_new_tokens_cap=max_new_tokens_cap,
                        frame_cache_size=frame_cache_size)
+        reasoner.model_note = note
+        if note:
+            log.warning("%s", note)
         if torch.device(device).type == "cuda":
             reasoner.setup_decoder(compile=compile, warmup=warmup)
         return reasoner
@@ -413,5 +436,5 @@ class Reasoner:
         )
 
 
-__all__ = ["Reasoner", "InferenceResult", "check_query", "DEFAULT_MAX_NEW_TOKENS", "MAX_NEW_TOKENS_CAP", "MAX_QUESTION_CHARS",
+__all__ = ["Reasoner", "InferenceResult", "resolve_checkpoint", "check_query", "DEFAULT_MAX_NEW_TOKENS", "MAX_NEW_TOKENS_CAP", "MAX_QUESTION_CHARS",
            "tiny_checkpoint_dir", "TEXT_TOKENS_ALLOWANCE"]

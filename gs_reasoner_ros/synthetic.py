@@ -45,6 +45,9 @@ class Room:
     colors: list  # [(3,) uint8] per object
     yaw: float = 0.0  # radians, room frame -> world about z
     offset: np.ndarray = field(default_factory=lambda: np.zeros(3))  # room origin in the world
+    wall_colors: np.ndarray = field(default_factory=lambda: WALL_COLORS.copy())  # (4,3) for -x, +x, -y, +y
+    floor_colors: np.ndarray = field(default_factory=lambda: FLOOR_COLORS.copy())  # (2,3) checker tones
+    tile: float = 0.5  # floor checker edge, metres
 
     @property
     def world_from_room(self) -> np.ndarray:
@@ -76,7 +79,8 @@ def make_room(seed: int = 0, yaw_deg: float = 0.0, offset=(0.0, 0.0, 0.0), n_obj
     for label in labels:
         if len(objects) == count:
             break
-        box = _place(rng, label, size, objects)
+        along, depth, height, _, placement, mount = CATALOGUE[label]
+        box = place_box(rng, (along, depth, height, placement, mount), size, objects)
         if box is None:
             continue
         objects.append((str(label), *box))
@@ -85,10 +89,11 @@ def make_room(seed: int = 0, yaw_deg: float = 0.0, offset=(0.0, 0.0, 0.0), n_obj
     return Room(size, objects, colors, float(np.deg2rad(yaw_deg)), as_array(offset, "offset", (3,)))
 
 
-def _place(rng, label, size, objects, tries: int = 60):
-    """An axis-aligned (min, max) for `label` in the room that keeps 10 cm from other objects,
-    or None when it does not fit."""
-    along, depth, height, _, placement, mount = CATALOGUE[label]
+def place_box(rng, spec, size, objects, tries: int = 60):
+    """An axis-aligned (min, max) for a piece with spec (along, depth, height ranges, placement
+    "wall" | "free", mount height) in a room of `size` that keeps 10 cm from `objects`
+    [(label, min, max)], or None when it does not fit."""
+    along, depth, height, placement, mount = spec
     half = size[:2] / 2
     centre_keep = 0.6 * np.minimum(half, 1.2)  # the camera orbit needs free space near the centre
     for _ in range(tries):
@@ -176,10 +181,10 @@ def _shade(room: Room, surface: np.ndarray, points: np.ndarray) -> np.ndarray:
     which face was hit so box edges stay visible."""
     out = np.empty((len(surface), 3), np.float32)
     wall = (surface >= 0) & (surface < 4)
-    out[wall] = WALL_COLORS[surface[wall]]
+    out[wall] = np.asarray(room.wall_colors, np.float32)[surface[wall]]
     floor = surface == -1
-    tiles = (np.floor(points[floor, 0] / 0.5) + np.floor(points[floor, 1] / 0.5)).astype(int) & 1
-    out[floor] = FLOOR_COLORS[tiles]
+    tiles = (np.floor(points[floor, 0] / room.tile) + np.floor(points[floor, 1] / room.tile)).astype(int) & 1
+    out[floor] = np.asarray(room.floor_colors, np.float32)[tiles]
     out[surface == -2] = CEILING_COLOR
     furniture = surface >= 100
     if furniture.any():
@@ -206,20 +211,22 @@ def look_at(position, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
     return T
 
 
-def camera_path(room: Room, n: int, seed: int = 0, height: float = 1.5) -> np.ndarray:
+def camera_path(room: Room, n: int, seed: int = 0, height: float = 1.5, radius_fraction: float = 0.25,
+                direction: int = 1, tilt_deg: float = 15.0) -> np.ndarray:
     """(n,4,4) world camera-to-world optical poses along one smooth loop: positions on an ellipse
-    around the room centre at about `height`, each looking across the room (through the centre,
-    with a slowly wandering heading) and tilted 10-20 degrees down."""
+    (semi-axes radius_fraction of the room's extents, walked in `direction` +1/-1) around the room
+    centre at about `height`, each looking across the room (through the centre, with a slowly
+    wandering heading) and tilted tilt_deg +- 5 degrees down."""
     if int(n) < 1:
         raise ValueError(f"n must be positive, got {n}")
     rng = np.random.default_rng(seed)
     phase, wobble = rng.uniform(0, 2 * np.pi, 2), rng.uniform(0.15, 0.35)
-    s = np.linspace(0.0, 2 * np.pi, int(n), endpoint=False) + phase[0]
-    radius = 0.25 * room.size[:2]
+    s = direction * np.linspace(0.0, 2 * np.pi, int(n), endpoint=False) + phase[0]
+    radius = radius_fraction * room.size[:2]
     pos = np.stack([radius[0] * np.cos(s), radius[1] * np.sin(s),
                     height + 0.05 * np.sin(3 * s + phase[1])], axis=1)
     heading = s + np.pi + wobble * np.sin(2 * s + phase[1])
-    tilt = np.deg2rad(15 + 5 * np.sin(s))
+    tilt = np.deg2rad(tilt_deg + 5 * np.sin(s))
     look = np.stack([np.cos(heading) * np.cos(tilt), np.sin(heading) * np.cos(tilt), -np.sin(tilt)], axis=1)
     W = room.world_from_room
     return np.stack([W @ look_at(p, p + f) for p, f in zip(pos, look)])

@@ -18,7 +18,8 @@ from gs_reasoner_ros.evaluation.runners import TASKS
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--checkpoint", help="model folder (release layout); omitted or `tiny` = tiny untrained model")
+    p.add_argument("--checkpoint", help="model folder (release layout); `demo` = the shipped demo model; omitted or `tiny` = "
+                        "tiny untrained model")
     p.add_argument("--data", required=True, help="benchmark file: JSON list or JSON Lines")
     p.add_argument("--data-root", help="folder of the processed-data scenes (default: the data file's folder)")
     p.add_argument("--limit", type=int, help="only the first N samples")
@@ -84,7 +85,9 @@ def _run_model(args: argparse.Namespace):
     data_root = Path(args.data_root) if args.data_root else Path(args.data).parent
     if not data_root.is_dir():
         raise ValueError(f"data root {data_root} does not exist")
-    checkpoint = None if args.checkpoint == "tiny" and not Path("tiny").is_dir() else args.checkpoint
+    checkpoint = args.checkpoint
+    if checkpoint in ("tiny", "demo") and Path(checkpoint).is_dir():
+        checkpoint = str(Path(checkpoint).resolve())  # a folder of that name in the working directory wins
     reasoner = Reasoner.load(checkpoint, device=args.device, dtype=args.dtype, vision_tower=args.vision_tower,
                              num_frames=args.frames, seed=args.seed)
     answerer = ReasonerAnswerer(reasoner, data_root, num_frames=args.frames, max_new_tokens=args.max_new_tokens)

@@ -182,6 +182,8 @@ class QueryEngine:
         notes = [note] if note else []
         if getattr(self.reasoner, "untrained", False):
             notes.append(UNTRAINED_NOTE)
+        if getattr(self.reasoner, "model_note", ""):
+            notes.append(str(self.reasoner.model_note))  # the demo model says what it is in every answer
         if len(self.keyframes) == 0:
             return QueryOutcome(False, "; ".join(["no keyframes yet: the node has not received any posed "
                                                   "RGB-D frame (check the camera topics and TF)"] + notes))

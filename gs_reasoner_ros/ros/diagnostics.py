@@ -53,7 +53,7 @@ def diagnostic_array(node_name: str, stamp, snap: dict, active: bool) -> Diagnos
     mapping.update({f"{d}_{q}": g(f"{d}_{q}", "") for d in ("integrate_ms", "fused_lag_ms")
                     for q in ("p50", "p95", "max", "count")})
     model = {k: g(k, "") for k in ("model_loaded", "untrained", "checkpoint", "device", "configure_error",
-                                   "configure_s", "gpu_allocated_mb", "gpu_reserved_mb")}
+                                   "configure_s", "gpu_allocated_mb", "gpu_reserved_mb", "model_note")}
     model.update({k: g(k, 0) for k in ("queries_served_total", "queries_failed_total", "queries_refused_total",
                                        "last_query_latency_s", "query_running")})
     if not g("model_loaded", False) and g("configure_error", ""):
@@ -62,6 +62,8 @@ def diagnostic_array(node_name: str, stamp, snap: dict, active: bool) -> Diagnos
         m_level, m_msg = ERROR, "model not loaded (node not configured)"
     elif g("untrained", False):
         m_level, m_msg = WARN, "UNTRAINED model weights (no checkpoint): answers are meaningless"
+    elif g("model_note", ""):
+        m_level, m_msg = OK, f"model loaded: {g('model_note')}"
     else:
         m_level, m_msg = OK, "model loaded"
     hw = node_name

@@ -59,12 +59,20 @@ SPARE_SERVICE_THREADS = 2  # for ~/clear and ~/export_scene while queries hold t
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
+def default_checkpoint() -> str:
+    """What an empty checkpoint parameter loads: the shipped demo model, or the untrained tiny
+    model where this install has no demo weights."""
+    from gs_reasoner_ros.model.demo import DEMO, TINY, demo_checkpoint_dir
+
+    return DEMO if demo_checkpoint_dir() is not None else TINY
+
+
 def load_reasoner(p):
     """The default model factory: Reasoner.load from the parameters."""
     from gs_reasoner_ros.reasoner import Reasoner
 
     dtype = p.dtype if p.dtype != "auto" else ("bfloat16" if p.device.startswith("cuda") else "float32")
-    checkpoint = os.path.expanduser(p.checkpoint) if p.checkpoint else None
+    checkpoint = os.path.expanduser(p.checkpoint) if p.checkpoint else default_checkpoint()
     return Reasoner.load(checkpoint=checkpoint, device=p.device, dtype=dtype, deterministic=p.deterministic,
                          vision_tower=os.path.expanduser(p.vision_tower) if p.vision_tower else None,
                          num_frames=p.num_frames, seed=p.seed, max_question_chars=p.max_question_chars,
@@ -162,8 +170,13 @@ class ReasonerNode(LifecycleNode):
             self.get_logger().warning("NO CHECKPOINT: running a tiny UNTRAINED model; every answer is "
                                       "meaningless and says so. Set the checkpoint parameter to a "
                                       "GS-Reasoner folder (README: Model weights).")
+        note = str(getattr(self.reasoner, "model_note", "") or "")
+        if note:
+            self.get_logger().warning(f"{note}. Set the checkpoint parameter to a GS-Reasoner folder for the "
+                                      "released model (README: Model weights).")
         self.health.set("model_loaded", True)
         self.health.set("untrained", untrained)
+        self.health.set("model_note", note)
         self.health.set("checkpoint", p.checkpoint)
         self.health.set("device", p.device)
         self.tf = make_buffer(p.tf_cache_s)

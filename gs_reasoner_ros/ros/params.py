@@ -37,8 +37,9 @@ PARAMETERS: tuple[Param, ...] = (
           "expressed in; should be gravity-aligned with z up.", read_only=True,
           pattern=r"^[A-Za-z_][A-Za-z0-9_/]*$"),
     # model
-    Param("checkpoint", "", "GS-Reasoner checkpoint folder (official layout); empty runs a tiny "
-          "untrained model and every answer says so.", read_only=True),
+    Param("checkpoint", "", "GS-Reasoner checkpoint folder (official layout); empty runs the shipped demo "
+          "model (small, trained on synthetic rooms; every answer says so), 'demo' the same, 'tiny' an "
+          "untrained random model (tests).", read_only=True),
     Param("vision_tower", "", "SigLIP folder when the checkpoint does not hold the vision tower; "
           "empty = the checkpoint's own.", read_only=True),
     Param("device", "cpu", "Torch device for the model: cpu, cuda or cuda:N.", read_only=True,

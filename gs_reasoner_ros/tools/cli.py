@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "eval": ("gs_reasoner_ros.evaluation.cli", "evaluate on a benchmark"),
     "export-scene": ("gs_reasoner_ros.tools.export_scene", "write a scene or rosbag as processed-data keyframes"),
     "replay": ("gs_reasoner_ros.tools.replay", "play a rosbag2's camera and TF topics into the running node"),
+    "demo-eval": ("gs_reasoner_ros.tools.demo_eval", "score held-out generated rooms through the node's ~/ground and ~/ask"),
     "soak": ("gs_reasoner_ros.tools.soak", "replay many frames through the running node with queries; memory curve"),
 }
 

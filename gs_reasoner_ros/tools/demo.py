@@ -23,14 +23,16 @@ REAL_FRAMES = REPO.parent / "shared" / "data" / "rgbd_3dmatch"
 
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", default="",
-                        help="GS-Reasoner checkpoint folder; without it a tiny UNTRAINED model answers (meaningless)")
+                        help="GS-Reasoner checkpoint folder, 'demo' (the shipped demo model, the default when "
+                             "installed) or 'tiny' (UNTRAINED random weights: meaningless answers)")
+    parser.add_argument("--questions", type=int, default=3, help="grounding requests on the generated room")
     parser.add_argument("--vision-tower", default="", help="SigLIP folder if the checkpoint lacks the vision tower")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--output", default="outputs/demo", help="folder for the pictures, clouds and the node log")
     parser.add_argument("--frames", type=int, default=24, help="frames of the synthetic room to replay")
     parser.add_argument("--rate", type=float, default=10.0, help="replay rate in Hz")
     parser.add_argument("--seed", type=int, default=0, help="which synthetic room")
-    parser.add_argument("--num-frames", type=int, default=8, help="keyframes the model sees per query")
+    parser.add_argument("--num-frames", type=int, default=16, help="keyframes the model sees per query")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="token budget per query (default: 48 untrained, the model's default otherwise)")
     parser.add_argument("--real-frames", default=str(REAL_FRAMES),
@@ -48,12 +50,19 @@ def run(args) -> int:
     dds.use_bundled_fastdds_profile()
     dds.reclaim_stale_shm()
     t_start = time.monotonic()
-    if args.checkpoint:
-        print(f"[demo] checkpoint: {args.checkpoint}")
-    else:
-        print("[demo] NO CHECKPOINT: the node runs a tiny model with UNTRAINED (random) weights, so its answers\n"
+    from gs_reasoner_ros.ros.node import default_checkpoint
+
+    checkpoint = args.checkpoint or default_checkpoint()
+    if checkpoint == "demo":
+        print("[demo] the node runs the DEMO model: a small GS-Reasoner trained on generated synthetic rooms,\n"
+              "       not GS-Reasoner's release (README: Model weights). It knows a dozen furniture classes.")
+    elif checkpoint == "tiny":
+        print("[demo] the node runs a tiny model with UNTRAINED (random) weights, so its answers\n"
               "       and boxes are meaningless; the demo shows the pipeline. Get the weights: README, Model weights.")
-    budget = args.max_new_tokens if args.max_new_tokens is not None else (0 if args.checkpoint else 48)
+    else:
+        print(f"[demo] checkpoint: {checkpoint}")
+    args.checkpoint = checkpoint
+    budget = args.max_new_tokens if args.max_new_tokens is not None else (48 if checkpoint == "tiny" else 0)
     node = _start_node(args, out)
     try:
         return _session(args, out, node, budget, t_start)
@@ -78,7 +87,9 @@ def _start_node(args, out: Path) -> subprocess.Popen:
            "-p", "map_publish_period_s:=0.5", "-p", "keyframe_min_interval_s:=0.0",
            "-p", f"export_root:={(out / 'exports').resolve()}"]
     for name, value in (("checkpoint", args.checkpoint), ("vision_tower", args.vision_tower)):
-        if value:  # rcl cannot parse an empty override ("name:="); empty is the default anyway
+        if value in ("demo", "tiny"):
+            cmd += ["-p", f"{name}:={value}"]
+        elif value:  # rcl cannot parse an empty override ("name:="); empty is the default anyway
             cmd += ["-p", f"{name}:={Path(value).expanduser().resolve()}"]
     log = open(out / "node.log", "w")
     print("[demo] starting reasoner_node:", " ".join(cmd[1:]))
@@ -97,10 +108,7 @@ def _stop(proc: subprocess.Popen) -> int:
 
 
 def _session(args, out: Path, node: subprocess.Popen, budget: int, t_start: float) -> int:
-    from gs_reasoner_ros.synthetic import synthetic_scene
-
-    print(f"[demo] rendering the synthetic room (seed {args.seed}, {args.frames} frames, 640x480)")
-    scene, room = synthetic_scene(args.seed, args.frames, 640, 480)
+    scene, room = _demo_room_scene(args.seed, args.frames)
     client = _Client(node)
     try:
         if not client.wait_ready(args.startup_timeout):
@@ -119,27 +127,83 @@ def _session(args, out: Path, node: subprocess.Popen, budget: int, t_start: floa
         client.close()
 
 
+def _demo_room_scene(seed: int, frames: int):
+    """A generated room the demo model never saw in training (seed beyond the training seeds),
+    rendered along its camera loop (640x480), `frames` views kept evenly."""
+    import numpy as np
+
+    from gs_reasoner_ros.scene import Scene
+    from gs_reasoner_ros.training.demo_recipe import EVAL_SEED_BASE
+    from gs_reasoner_ros.training.rooms import camera_walk, demo_room, render_views
+
+    room_seed = EVAL_SEED_BASE + 500 + seed
+    room = demo_room(room_seed)
+    poses = camera_walk(room, room_seed)
+    poses = poses[np.linspace(0, len(poses) - 1, min(frames, len(poses))).astype(int)]
+    print(f"[demo] rendering a held-out generated room (seed {room_seed}, {len(poses)} frames, 640x480)")
+    views = render_views(room, poses, 640, 480)
+    scene = Scene(np.stack([v.rgb for v in views]), np.stack([v.depth for v in views]), views[0].K,
+                  np.stack([v.pose for v in views]), stamps=np.arange(len(views)) * 1.0)
+    return scene, room
+
+
 def _synthetic_room(client, scene, room, args, out: Path, budget: int) -> bool:
+    from gs_reasoner_ros.evaluation.rooms import GROUND, item_score, room_eval_items
+    from gs_reasoner_ros.training.rooms import model_frame_boxes
+
     print(f"[demo] replaying {len(scene)} frames at {args.rate:g} Hz on color/image, depth/image, "
           "color/camera_info and /tf (map -> camera_color_optical_frame)")
     pts, cols = client.replay(scene, args.rate)
     if pts is None:
         return False
     print(f"[demo] fused map: {len(pts)} points (2 cm voxels) from ~/map_cloud")
-    labels = [label for label, _, _ in room.objects]
-    target = labels[0]
-    g = client.query("ground", f"the {target}", budget)
-    _report(f"~/ground 'the {target}'", g)
-    question = f"How far is the {labels[0]} from the {labels[1]}, in metres?"
-    a = client.query("ask", question, budget)
-    _report(f"~/ask '{question}'", a, answer=True)
+    import numpy as np
+
+    labels, boxes = model_frame_boxes(room, np.eye(4))  # world frame: the room is not turned
+    items = room_eval_items("demo", labels, boxes, scene.poses[0], 0)
+    grounds = [i for i in items if i["kind"] == GROUND][:args.questions]
+    asks = [i for i in items if i["kind"] != GROUND and i["question_type"] != "object_counting"][:1]
+    returned, ok = [], True
+    for item in grounds:
+        g = client.query("ground", item["question"], budget)
+        _report(f"~/ground '{item['question']}'", g)
+        ok &= g is not None
+        got = [_world_aabb(o) for o in (g.objects if g else [])]
+        scored = item_score(item, got)
+        print(f"         returned {_aabb_text(scored['pred_box'])}\n         true     {_aabb_text(item['box'])}"
+              f"   IoU {scored['iou']:.2f}")
+        returned += [(f"{o.label} (IoU {scored['iou']:.2f})", *_box_tuple(o)[1:]) for o in (g.objects if g else [])[:1]]
+    for item in asks:
+        a = client.query("ask", item["question"], budget)
+        _report(f"~/ask '{item['question']}'", a, answer=True)
+        ok &= a is not None
+        print(f"         true answer: {item['ground_truth']}")
+        returned += [_box_tuple(o) for o in (a.objects if a else [])]
     print("[demo] true furniture boxes (world frame 'map'):")
-    truth = room.world_boxes()
+    truth = [b for b in room.world_boxes() if b[0] != "clutter"]
     for label, center, quat, size in truth:
         print(f"         {_box_line(label, center, quat, size)}")
-    returned = [_box_tuple(o) for o in (g.objects if g else []) + (a.objects if a else [])]
     _write_outputs(out, "", pts, cols, returned + [("true " + b[0], *b[1:]) for b in truth])
-    return g is not None and a is not None
+    return ok
+
+
+def _world_aabb(obj):
+    """[min xyz, max xyz] of a returned (possibly turned) box: the extent of its corners."""
+    import numpy as np
+
+    from gs_reasoner_ros import geometry
+
+    _, center, quat, size = _box_tuple(obj)
+    R = geometry.matrix_from_quat(quat)
+    corners = np.array([[x, y, z] for x in (-.5, .5) for y in (-.5, .5) for z in (-.5, .5)]) * size
+    world = corners @ R.T + center
+    return np.concatenate([world.min(axis=0), world.max(axis=0)])
+
+
+def _aabb_text(box) -> str:
+    if box is None:
+        return "(no box)"
+    return "min ({:.2f}, {:.2f}, {:.2f}) max ({:.2f}, {:.2f}, {:.2f})".format(*box)
 
 
 def _real_frames(client, folder: Path, args, out: Path, budget: int) -> bool:

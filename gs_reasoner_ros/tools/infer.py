@@ -14,12 +14,13 @@ import json
 import os
 import sys
 
-TINY = "tiny"
+TINY, DEMO = "tiny", "demo"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", metavar="DIR",
-                        help="GS-Reasoner checkpoint folder (official layout); 'tiny' = untrained tiny model")
+                        help="GS-Reasoner checkpoint folder (official layout); 'demo' = the shipped demo model "
+                             "(small, trained on synthetic rooms); 'tiny' = untrained tiny model")
     parser.add_argument("--scene", metavar="SCENE", required=True,
                         help="scene .npz or processed-data folder (color/ depth/ pose/ intrinsic/)")
     parser.add_argument("--question", metavar="TEXT", required=True, help="the question or object description")
@@ -68,7 +69,7 @@ def _check_paths(args) -> None:
     if not args.checkpoint:
         raise UserError("--checkpoint DIR is required: the GS-Reasoner folder (ymccccc/GS-Reasoner), "
                         f"or '--checkpoint {TINY}' for an untrained tiny model")
-    if args.checkpoint != TINY and not os.path.isdir(args.checkpoint):
+    if args.checkpoint not in (TINY, DEMO) and not os.path.isdir(args.checkpoint):
         raise UserError(f"--checkpoint {args.checkpoint!r} is not a folder")
     if not os.path.exists(args.scene):
         raise UserError(f"--scene {args.scene!r} does not exist")
@@ -92,9 +93,10 @@ def _infer(args) -> int:
         scene = Scene.load(args.scene)
     except (ValueError, OSError, KeyError) as err:
         raise UserError(f"cannot read --scene {args.scene!r}: {err}") from None
-    checkpoint = None if args.checkpoint == TINY else args.checkpoint
-    reasoner = Reasoner.load(checkpoint, device=args.device, dtype=args.dtype,
+    reasoner = Reasoner.load(args.checkpoint, device=args.device, dtype=args.dtype,
                              vision_tower=args.vision_tower, seed=args.seed)
+    if reasoner.model_note:
+        print(f"gs-reasoner infer: note: {reasoner.model_note}", file=sys.stderr)
     if reasoner.untrained:
         print("gs-reasoner infer: WARNING: untrained tiny model (random weights); the answer is meaningless",
               file=sys.stderr)

@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vision-tower", help="SigLIP folder when the checkpoint lacks the vision weights")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-steps", type=int, help="intermediate checkpoints every N steps (default 500 / 50)")
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0: in the training loop)")
     p.add_argument("--make-synthetic", metavar="DIR", help="write a synthetic dataset to DIR and exit")
 
 
@@ -71,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
                       warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, augment=not args.no_augment,
                       bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing, lora=args.lora,
                       lora_r=args.lora_r, lora_alpha=args.lora_alpha, distributed=args.distributed,
-                      device=args.device, vision_tower=args.vision_tower, seed=args.seed, save_steps=args.save_steps)
+                      device=args.device, vision_tower=args.vision_tower, seed=args.seed, save_steps=args.save_steps,
+                      workers=args.workers)
     try:
         train(cfg)
     except ValueError as err:

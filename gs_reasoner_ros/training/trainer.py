@@ -84,6 +84,8 @@ class TrainConfig:
     save_steps: int | None = None
     log_every: int = 1
     deterministic_geometry: bool = False  # the authors train with random voxel points / orders
+    workers: int = 0  # data-loading processes (0: build each example in the training loop)
+    max_seconds: float | None = None  # stop (and save) once the steps took this long
 
     def resolved(self) -> "TrainConfig":
         if self.stage not in STAGE_DEFAULTS:
@@ -100,7 +102,8 @@ class TrainConfig:
                   (out.max_steps is None or out.max_steps >= 1, "max_steps must be at least 1"),
                   (0 <= out.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
                   (out.distributed in ("fsdp", "ddp"), "distributed must be fsdp or ddp"),
-                  (out.lora_r >= 1, "lora_r must be at least 1")]
+                  (out.lora_r >= 1, "lora_r must be at least 1"),
+                  (out.workers >= 0, "workers must be >= 0")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -381,20 +384,24 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     result = TrainResult(output_dir=str(output))
-    order, cursor, epoch = _epoch_order(len(dataset), cfg.seed, 0, dist), 0, 0
+    examples = iter(planned_examples(dataset, _sample_plan(len(dataset), total * accum, cfg.seed, dist), cfg.workers))
     start = time.perf_counter()
+    done = total
     for step in range(total):
-        scale = cosine_with_warmup(step, total, warmup)
+        if cfg.max_seconds and step and time.perf_counter() - start > cfg.max_seconds:
+            done = step  # out of time: keep what was learnt, the schedule had not ended
+            if dist.main:
+                log(json.dumps({"event": "time_limit", "steps": step, "planned": total}))
+            break
+        # Under a time limit the schedule follows whichever is further along, steps or time,
+        # so the learning rate has decayed when the time runs out.
+        at = max(step, int(total * (time.perf_counter() - start) / cfg.max_seconds)) if cfg.max_seconds else step
+        scale = cosine_with_warmup(min(at, total - 1), total, warmup)
         for group, base in zip(optimizer.param_groups, base_lrs):
             group["lr"] = base * scale
         step_loss, t0 = 0.0, time.perf_counter()
         for _ in range(accum):
-            if cursor >= len(order):
-                epoch += 1
-                dataset.set_epoch(epoch)
-                order, cursor = _epoch_order(len(dataset), cfg.seed, epoch, dist), 0
-            example = dataset[int(order[cursor])]
-            cursor += 1
+            example = next(examples)
             pixel_values = torch.from_numpy(example.pixel_values).to(device)
             world_coords = torch.from_numpy(example.world_coords).to(device)
             with autocast:
@@ -420,16 +427,60 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
             log(json.dumps(record))
         if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < total:
             save_checkpoint(wrapper, model, cfg, dist, tokenizer, output / f"checkpoint-{step + 1}", sharded)
-    result.steps, result.seconds = total, time.perf_counter() - start
+    result.steps, result.seconds = done, time.perf_counter() - start
     if device.type == "cuda":
         result.peak_memory_gb = torch.cuda.max_memory_allocated(device) / 2 ** 30
     save_checkpoint(wrapper, model, cfg, dist, tokenizer, output, sharded)
     if dist.main:
-        log(json.dumps({"event": "done", "steps": total, "seconds": round(result.seconds, 2),
+        log(json.dumps({"event": "done", "steps": done, "seconds": round(result.seconds, 2),
                         "samples_per_s": round(result.samples / max(result.seconds, 1e-9), 3),
                         "final_loss": round(result.losses[-1], 5), "checkpoint": str(output),
                         "peak_memory_gb": result.peak_memory_gb}))
     return result
+
+
+def _sample_plan(n: int, count: int, seed: int, dist: Dist) -> list[tuple[int, int]]:
+    """(sample index, epoch) of this rank's next `count` examples, epoch after epoch."""
+    plan: list[tuple[int, int]] = []
+    epoch = 0
+    while len(plan) < count:
+        plan += [(int(i), epoch) for i in _epoch_order(n, seed, epoch, dist)]
+        epoch += 1
+    return plan[:count]
+
+
+class _Planned:
+    """The examples of a plan, by position (a map-style dataset for torch's DataLoader)."""
+
+    def __init__(self, dataset, plan: list[tuple[int, int]]):
+        self.dataset, self.plan = dataset, plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, k: int):
+        index, epoch = self.plan[k]
+        return self.dataset.builder.build(self.dataset.samples[index], index, epoch)
+
+
+def _as_is(example):
+    return example
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)
+
+
+def planned_examples(dataset, plan: list[tuple[int, int]], workers: int = 0):
+    """The plan's examples in order; with workers > 0 built ahead by that many processes (the
+    same examples: every draw is seeded by sample, epoch and index)."""
+    planned = _Planned(dataset, plan)
+    if workers <= 0:
+        return (planned[k] for k in range(len(planned)))
+    from torch.utils.data import DataLoader
+
+    return DataLoader(planned, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is,
+                      worker_init_fn=_one_thread, prefetch_factor=4)
 
 
 def _epoch_order(n: int, seed: int, epoch: int, dist: Dist) -> np.ndarray:

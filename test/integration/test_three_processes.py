@@ -90,7 +90,7 @@ def test_three_process_replay_of_real_frames(rgbd_3dmatch, tmp_path):
          "-p", f"voxel_size:={VOXEL}", "-p", "map_stride:=1", "-p", "num_frames:=2",
          "-p", "map_publish_period_s:=0.2", "-p", "diagnostics_period_s:=0.5", "-p", "tf_timeout_s:=2.0",
          "-p", "keyframe_min_interval_s:=0.0", "-p", "max_voxels:=2000000",
-         "-p", f"export_root:={tmp_path / 'exports'}"],
+         "-p", f"export_root:={tmp_path / 'exports'}", "-p", "checkpoint:=tiny"],
         stdout=node_log, stderr=subprocess.STDOUT, env=env)
     replayer = subprocess.Popen([sys.executable, "-c", REPLAYER, str(rgbd_3dmatch)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

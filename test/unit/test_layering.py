@@ -16,7 +16,7 @@ ROS_PACKAGES = {"rclpy", "rcl_interfaces", "sensor_msgs", "std_msgs", "geometry_
 GENERATED = {"gs_reasoner_ros.msg", "gs_reasoner_ros.srv", "gs_reasoner_ros.action"}  # rosidl output
 # Tools that start and drive ROS processes (the node, a camera, a planner) may use ROS.
 ROS_TOOLS = {"gs_reasoner_ros.tools.demo", "gs_reasoner_ros.tools.soak", "gs_reasoner_ros.tools.cli",
-             "gs_reasoner_ros.tools.replay",
+             "gs_reasoner_ros.tools.replay", "gs_reasoner_ros.tools.demo_eval",
              # `gs-reasoner bench node` starts the node, a camera and a planner over DDS
              "gs_reasoner_ros.tools.bench", "gs_reasoner_ros.tools.bench.node",
              "gs_reasoner_ros.tools.bench.node_replay"}
