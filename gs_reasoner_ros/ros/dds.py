@@ -41,7 +41,8 @@ def use_bundled_fastdds_profile(env: dict | None = None) -> str | None:
 
 SHM = "/dev/shm"
 PREFIX = "fastdds_"
-ORPHAN_PORT_AGE_S = 60.0  # a port file without its lock file, untouched this long, has no owner
+PORT_PREFIX = PREFIX + "port"  # a listening port: other participants map it too, to send into it
+ORPHAN_PORT_AGE_S = 60.0  # a port file nobody maps and nobody has touched this long is dead
 
 
 def _lock_is_free(path: str) -> bool:
@@ -57,6 +58,20 @@ def _lock_is_free(path: str) -> bool:
         return False
     finally:
         os.close(fd)  # releases the lock if we took it
+
+
+def _mapped(shm: str) -> set[str]:
+    """Names under `shm` that any process we can see has mapped or open."""
+    names = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/maps") as maps:
+                names.update(os.path.basename(line.split()[-1]) for line in maps if shm + "/" in line)
+            names.update(os.path.basename(os.readlink(f"/proc/{pid}/fd/{fd}"))
+                         for fd in os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            continue  # gone, or not ours to read
+    return names
 
 
 def _remove(paths) -> tuple[int, int]:
@@ -76,44 +91,49 @@ def _with_companions(shm: str, segment: str) -> list[str]:
 
 
 def reclaim_stale_shm(shm: str = SHM) -> tuple[int, int]:
-    """Remove the FastDDS segments whose owners are dead (killed, or ended without destructors);
-    returns (files, bytes) removed. Live participants' segments are left alone."""
+    """Remove the FastDDS segments no live process uses: a participant's segment whose owner is
+    dead (its lock file free) and that nobody maps, and a port nobody maps or touched lately;
+    returns (files, bytes) removed."""
     try:
         names = set(os.listdir(shm))
     except OSError:
         return 0, 0
+    mapped = _mapped(shm)
     stale = []
-    for name in names:
-        if not name.startswith(PREFIX):
-            continue
+    for name in sorted(n for n in names if n.startswith(PREFIX) and not n.endswith("_el")):
         path = os.path.join(shm, name)
-        if name.endswith("_el"):
-            if _lock_is_free(path):
-                stale += _with_companions(shm, name[:-3])
-        elif name.startswith(PREFIX + "port") and name + "_el" not in names:
+        if name in mapped or name + "_el" in mapped:
+            continue
+        if name.startswith(PORT_PREFIX):
             try:
-                if time.time() - os.lstat(path).st_mtime > ORPHAN_PORT_AGE_S:
-                    stale += _with_companions(shm, name)
+                dead = time.time() - os.lstat(path).st_mtime > ORPHAN_PORT_AGE_S
             except OSError:
-                pass
+                continue
+        else:
+            dead = _lock_is_free(path + "_el")
+        if dead:
+            stale += _with_companions(shm, name)
     return _remove(stale)
 
 
-def release_own_shm(shm: str = SHM) -> tuple[int, int]:
-    """Unlink the FastDDS segments this process owns (mapped or open by it), for a process about
-    to end without destructors. Peers that still map them keep their mapping."""
+def own_shm(shm: str = SHM) -> set[str]:
+    """The FastDDS participant segments this process owns now (it holds their lock file); ask
+    while ROS is up: shutting it down closes the lock files without unlinking the segments."""
     own = set()
-    for source in ("/proc/self/maps", "/proc/self/fd"):
-        try:
-            if source.endswith("maps"):
-                lines = open(source).read().splitlines()
-                paths = [line.split()[-1] for line in lines if line.split()]
-            else:
-                paths = [os.readlink(os.path.join(source, fd)) for fd in os.listdir(source)]
-        except OSError:
-            continue
-        for path in paths:
+    try:
+        for fd in os.listdir("/proc/self/fd"):
+            path = os.readlink(f"/proc/self/fd/{fd}")
             name = os.path.basename(path)
-            if path.startswith(shm + "/") and name.startswith(PREFIX):
-                own.add(name[:-3] if name.endswith("_el") else name)
-    return _remove(p for segment in own for p in _with_companions(shm, segment))
+            if path.startswith(shm + "/") and name.startswith(PREFIX) and name.endswith("_el") \
+                    and not name.startswith(PORT_PREFIX):
+                own.add(name[:-3])
+    except OSError:
+        pass
+    return own
+
+
+def release_shm(segments, shm: str = SHM) -> tuple[int, int]:
+    """Unlink `segments` (from own_shm), for a process about to end without destructors. Ports
+    are never among them: other participants send through them; the next start reclaims them
+    once nobody maps them."""
+    return _remove(p for segment in segments for p in _with_companions(shm, segment))

@@ -52,6 +52,7 @@ def run(argv=None, reasoner_factory=None) -> NoReturn:
         print(f"reasoner_node: bad parameter: {err}", file=sys.stderr)
         status = 2
     finally:
+        segments = dds.own_shm()  # before shutdown closes their lock files
         if node is not None:
             node.stop()
         if executor is not None:
@@ -59,7 +60,7 @@ def run(argv=None, reasoner_factory=None) -> NoReturn:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-        dds.release_own_shm()  # os._exit below skips the destructors that would unlink them
+        dds.release_shm(segments)  # os._exit below skips the destructors that would unlink them
         # Leave without interpreter teardown: with a model call still running on the worker
         # thread it can hang, and even when idle, finalising modules under rclpy's and torch's
         # background threads crashed (SIGSEGV) about once in ten clean SIGINT exits here.

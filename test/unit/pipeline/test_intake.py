@@ -39,7 +39,7 @@ def make_intake(**overrides):
     tf = TfBuffer(10.0)
     intake = Intake(lambda: p, make_voxel_map(voxel_size=0.05), KeyframeStore(min_interval_s=0.0), tf,
                     Reporter(Health(), logging.getLogger("test_intake")), decode=lambda frame: frame,
-                    now=lambda: 1000.0)
+                    now=time.time)
     return intake, tf, p
 
 
