@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from typing import NoReturn
 
 import rclpy
@@ -46,6 +47,9 @@ def run(argv=None, reasoner_factory=None) -> NoReturn:
             executor.spin_once(timeout_sec=0.2)
         if node.exit_requested:
             node.get_logger().info("lifecycle shutdown: the process ends (exit code 0)")
+            deadline = time.monotonic() + 0.5  # the transition's answer is still on its way out
+            while rclpy.ok() and time.monotonic() < deadline:
+                executor.spin_once(timeout_sec=0.05)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (ValueError, ParameterException) as err:  # bad parameters from the command line or a file
