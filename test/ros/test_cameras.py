@@ -155,7 +155,7 @@ def test_a_corrupt_compressed_frame_is_refused_counted_and_the_node_goes_on(two_
     (dict(cameras=["bad prefix"]), "not a valid topic namespace"),
 ])
 def test_bad_camera_configurations_are_refused_and_the_node_stays_up(overrides, error):
-    h = InProcessNode(overrides, lambda p: Recorder(), expect_active=False)
+    h = InProcessNode(overrides, lambda p: Recorder(), namespace="/refused", expect_active=False)  # not the module's node
     try:
         assert h.node.state == "unconfigured"
         resp = h.call("ask", question="hello?")

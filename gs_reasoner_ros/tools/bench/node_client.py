@@ -110,6 +110,7 @@ class Client:
     def concurrent_callers(self, n: int = CONCURRENT_CALLERS) -> dict:
         """n ~/ask calls sent at the same moment: how many were answered, refused (busy), lost."""
         self.camera("hold")
+        self.wait_keyframes(self.plan.min_keyframes)  # not right after a ~/clear: "no keyframes" says nothing
         t0 = time.monotonic()
         futures = [self.probe.call_async("ask", question=f"How many chairs are there? ({k})", direct=True,
                                          max_new_tokens=self.plan.followup_tokens) for k in range(n)]
