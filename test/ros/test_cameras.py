@@ -150,7 +150,7 @@ def test_a_corrupt_compressed_frame_is_refused_counted_and_the_node_goes_on(two_
 
 @pytest.mark.parametrize("overrides, error", [
     (dict(cameras=["head", "wrist"], camera_transports=["raw"]), "give one transport per camera"),
-    (dict(cameras=["head", "/head"], camera_transports=["raw", "raw"]), "both read /head/color/image"),
+    (dict(cameras=["head", "/refused/head"], camera_transports=["raw", "raw"]), "both read /refused/head/color/image"),
     (dict(cameras=["a", "b", "c", "d", "e"], camera_transports=["raw"] * 5), "between 1 and 4"),
     (dict(cameras=["bad prefix"]), "not a valid topic namespace"),
 ])
