@@ -12,6 +12,8 @@ Both talk to the node only through its topics and services.
 """
 from __future__ import annotations
 
+import signal
+import subprocess
 import threading
 import time
 
@@ -30,6 +32,20 @@ from gs_reasoner_ros.srv import AskSpatialQuestion, ExportScene, GroundObjects
 
 SERVICES = (("ask", AskSpatialQuestion), ("ground", GroundObjects), ("clear", Trigger),
             ("export_scene", ExportScene))
+
+
+def stop_process(proc, timeout_s: float = 10.0) -> int | None:
+    """SIGINT a node or tool process and wait for it; SIGKILL it if it does not end in time.
+    Returns its exit code (None when it had to be killed)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            return proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return None
+    return proc.returncode
 
 
 def wait_until(predicate, timeout: float, step: float = 0.02) -> bool:

@@ -11,7 +11,6 @@ node with SIGINT.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -97,13 +96,9 @@ def _start_node(args, out: Path) -> subprocess.Popen:
 
 
 def _stop(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10.0)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    from gs_reasoner_ros.ros.harness import stop_process
+
+    stop_process(proc)
     return proc.returncode
 
 

@@ -4,7 +4,6 @@ the production stream parser), a replayer publishing a rendered room as RGB-D + 
 process as a planner using the action client (gs_reasoner_ros.client) and watching ~/markers
 and ~/detections."""
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from gs_reasoner_ros.client import ReasonerClient  # noqa: E402
 from gs_reasoner_ros.ros import qos  # noqa: E402
 from gs_reasoner_ros.ros.conversions.detections import decode_detections  # noqa: E402
 from gs_reasoner_ros.ros.conversions.markers import decode_boxes  # noqa: E402
+from gs_reasoner_ros.ros.harness import stop_process  # noqa: E402
 
 NODE = r"""
 import sys
@@ -51,13 +51,7 @@ SUCCEEDED, CANCELED, ABORTED = 4, 5, 6
 
 
 def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(5.0)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc, 5.0)
 
 
 class Planner:

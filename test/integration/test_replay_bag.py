@@ -5,7 +5,6 @@ compressed one, `packed`): each replay gives the map the direct replay (ScenePla
 1 % in point count and coverage. Bags a node cannot use are refused with a clear error, and the
 node stays up."""
 import os
-import signal
 import subprocess
 import sys
 
@@ -47,12 +46,7 @@ def node(tmp_path_factory):
     assert probe.spin_until(probe.services_ready, 60.0), log_path.read_text()[-3000:]
     yield proc, probe, log_path
     probe.close()
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    harness.stop_process(proc)
     log.close()
 
 

@@ -160,13 +160,7 @@ def test_prediction_continues_the_last_motion():
 # ---- timelines ---------------------------------------------------------------------------
 
 def test_stamps_going_back_start_a_new_timeline(scene):
-    intake, tf, _ = make_intake(time_jump_reset_s=1.0)
-    for i, t in enumerate((100.0, 100.5)):
-        for name in ("color", "depth", "camera_info"):
-            intake.observe_stamp("input", name, t)
-        pose_at(tf, scene.poses[i], t)
-        intake.accept(rgbd(scene, i, t))
-    assert len(intake.voxel_map) > 0
+    intake, tf = fused(scene, time_jump_reset_s=1.0)
     intake.observe_stamp("input", "color", 3.0)  # a bag looped: colour goes back first,
     assert intake.health.total("time_jump_resets") == 0  # which alone is not believed,
     intake.observe_stamp("input", "depth", 3.0)  # until depth agrees
