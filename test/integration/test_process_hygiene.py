@@ -81,16 +81,18 @@ def test_clean_exits_leave_no_shared_memory_and_a_start_reclaims_a_killed_ones(t
 
 def test_lifecycle_shutdown_ends_the_process_with_code_0(tmp_path):
     proc = start_node(tmp_path, "lifecycle")
-    probe = Probe(name="hygiene_lifecycle", alive=lambda: proc.poll() is None)
+    probe = Probe(name="hygiene_lifecycle")
     try:
         client = probe.node.create_client(ChangeState, "/gs_reasoner/change_state")
         assert probe.spin_until(client.service_is_ready, 30.0)
+        t0 = time.monotonic()
         future = client.call_async(ChangeState.Request(transition=Transition(
             id=Transition.TRANSITION_ACTIVE_SHUTDOWN)))
-        assert probe.spin_until(future.done, 30.0) and future.result().success
-        t0 = time.monotonic()
+        # The answer may or may not get out before the process is gone; the exit is what counts.
+        assert probe.spin_until(lambda: future.done() or proc.poll() is not None, 30.0)
         assert proc.wait(30) == 0
         assert time.monotonic() - t0 < 10.0
+        assert not future.done() or future.result().success
     finally:
         probe.close()
         stop(proc, signal.SIGKILL)
