@@ -80,8 +80,11 @@ def test_clean_exits_leave_no_shared_memory_and_a_start_reclaims_a_killed_ones(t
 
 
 def test_lifecycle_shutdown_ends_the_process_with_code_0(tmp_path):
-    proc = start_node(tmp_path, "lifecycle")
-    probe = Probe(name="hygiene_lifecycle")
+    domain = (int(os.environ.get("ROS_DOMAIN_ID", "0")) + 111) % 232  # no other /gs_reasoner can answer
+    proc = start_node(tmp_path, "lifecycle", domain)
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx, domain_id=domain)
+    probe = Probe(ctx, name="hygiene_lifecycle")
     try:
         client = probe.node.create_client(ChangeState, "/gs_reasoner/change_state")
         assert probe.spin_until(client.service_is_ready, 30.0)
@@ -95,4 +98,5 @@ def test_lifecycle_shutdown_ends_the_process_with_code_0(tmp_path):
         assert not future.done() or future.result().success
     finally:
         probe.close()
+        ctx.try_shutdown()
         stop(proc, signal.SIGKILL)
