@@ -21,6 +21,8 @@ from gs_reasoner_ros.scripted import ScriptedReasoner  # noqa: E402
 from gs_reasoner_ros.synthetic import synthetic_scene  # noqa: E402
 
 CANCELED, ABORTED, SUCCEEDED = 5, 6, 4  # action_msgs/GoalStatus
+NAMESPACE = "/actions"  # a node of its own: another test's /gs_reasoner on the domain must not answer
+NODE = f"{NAMESPACE}/gs_reasoner"
 
 
 def box_of(obj):
@@ -34,12 +36,12 @@ class Harness(InProcessNode):
         self.model = ScriptedReasoner(token_s=token_s)
         super().__init__(dict(export_root=str(tmp_path / "exports"), num_frames=4, keyframe_min_interval_s=0.0,
                               query_queue_size=0, tf_timeout_s=0.3, map_stride=2, voxel_size=0.05),
-                         reasoner_factory=lambda p: self.model)
+                         reasoner_factory=lambda p: self.model, namespace=NAMESPACE)
         self.events = []  # (kind, monotonic time, message), in arrival order
         self._lock = threading.Lock()
         c = self.client
-        c.create_subscription(MarkerArray, "/gs_reasoner/markers", lambda m: self._keep("markers", m), qos.LATCHED)
-        c.create_subscription(Detection3DArray, "/gs_reasoner/detections", lambda m: self._keep("detections", m),
+        c.create_subscription(MarkerArray, f"{NODE}/markers", lambda m: self._keep("markers", m), qos.LATCHED)
+        c.create_subscription(Detection3DArray, f"{NODE}/detections", lambda m: self._keep("detections", m),
                               qos.LATCHED)
 
     def _keep(self, kind, msg):
@@ -57,7 +59,7 @@ def h(tmp_path_factory):
     assert harness.player.wait_for_subscribers(10.0)
     harness.player.play(harness.scene, rate_hz=20.0)
     assert harness.wait_for(lambda: len(harness.node.keyframes) == len(harness.scene), 15.0)
-    harness.reasoner = ReasonerClient()
+    harness.reasoner = ReasonerClient(target=NODE)
     assert harness.reasoner.wait_for_server(10.0)
     yield harness
     harness.reasoner.close()
