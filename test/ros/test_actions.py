@@ -102,9 +102,11 @@ def test_detections_decode_to_the_result_boxes(h):
     t0 = time.monotonic()
     result = h.reasoner.ground("the table", timeout_s=30)
     assert result.success
-    assert h.wait_for(lambda: h.of("detections", t0) and len(h.of("detections", t0)[-1][1].detections) == 3)
-    array = h.of("detections", t0)[-1][1]
-    assert array.header.frame_id == "map" and array.header == result.header
+    # the array published after the answer (streamed ones, stamped as they go, may arrive after it)
+    final = lambda: [m for _, m in h.of("detections", t0) if m.header == result.header]  # noqa: E731
+    assert h.wait_for(lambda: final() and len(final()[-1].detections) == 3)
+    array = final()[-1]
+    assert array.header.frame_id == "map"
     decoded = decode_detections(array)
     assert [d.id for d in decoded] == ["0", "1", "2"]
     for det, obj in zip(decoded, result.objects):
