@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 from gs_reasoner_ros.pipeline.frame_checks import KEYFRAME_MAX_PIXELS
 
@@ -55,13 +56,23 @@ def refusal(p, model_on_cpu: bool) -> str:
             "memory_budget_mb at start")
 
 
+@functools.lru_cache(maxsize=1)
+def _libc():
+    """glibc, looked up once (find_library runs ldconfig in a subprocess), or None."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
 def trim_heap() -> bool:
     """Hand freed heap pages back to the system (glibc's malloc_trim). After the map and the
     keyframes are dropped, glibc keeps the freed pages of its per-thread arenas mapped, so RSS
     stays at its high-water mark (0.98 -> 4.7 GB over 60 lifecycle rounds, back to 0.8 GB with
     one trim). False where there is no glibc."""
-    name = ctypes.util.find_library("c")
+    libc = _libc()
     try:
-        return bool(ctypes.CDLL(name).malloc_trim(0)) if name else False
-    except (OSError, AttributeError):
+        return bool(libc.malloc_trim(0)) if libc is not None else False
+    except AttributeError:
         return False
