@@ -83,13 +83,13 @@ class QueryActions:
 
     def __init__(self, node, outputs: AnswerOutputs):
         self.node, self.outputs = node, outputs
-        g = node._groups["services"]  # reentrant: a cancel is served while a goal executes
-        self.servers = [
-            ActionServer(node, AskSpatialQuestion, "~/ask", self._execute_ask, callback_group=g,
-                         goal_callback=self._on_goal, cancel_callback=lambda _: CancelResponse.ACCEPT),
-            ActionServer(node, GroundObjects, "~/ground", self._execute_ground, callback_group=g,
-                         goal_callback=self._on_goal, cancel_callback=lambda _: CancelResponse.ACCEPT),
-        ]
+        # Reentrant: a cancel is served while a goal executes. The goal, result and cancel
+        # services keep a burst of requests (rclpy's default keeps 10: 40 concurrent goals lost some).
+        common = dict(callback_group=node._groups["services"], goal_callback=self._on_goal,
+                      cancel_callback=lambda _: CancelResponse.ACCEPT, goal_service_qos_profile=qos.SERVICES,
+                      result_service_qos_profile=qos.SERVICES, cancel_service_qos_profile=qos.SERVICES)
+        self.servers = [ActionServer(node, AskSpatialQuestion, "~/ask", self._execute_ask, **common),
+                        ActionServer(node, GroundObjects, "~/ground", self._execute_ground, **common)]
 
     @staticmethod
     def _on_goal(_request) -> GoalResponse:

@@ -26,6 +26,8 @@ from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 
 from gs_reasoner_ros.action import AskSpatialQuestion, GroundObjects
+from gs_reasoner_ros.ros import qos
+from gs_reasoner_ros.ros.spinning import spin_once
 
 DEFAULT_NODE = "/gs_reasoner"
 _DONE = object()
@@ -122,16 +124,21 @@ class ReasonerClient:
             node = rclpy.create_node(name, context=self._ctx)
             self._executor = SingleThreadedExecutor(context=self._ctx)  # one thread: feedback stays in order
             self._executor.add_node(node)
+        self.node = node
+        # Deep reply queues: every client's reader receives every caller's replies, so rclpy's
+        # default of 10 can push a caller's own reply out during a burst of calls.
+        deep = dict(goal_service_qos_profile=qos.SERVICES, result_service_qos_profile=qos.SERVICES,
+                    cancel_service_qos_profile=qos.SERVICES)
+        self._clients = {"ask": ActionClient(node, AskSpatialQuestion, f"{target}/ask", **deep),
+                         "ground": ActionClient(node, GroundObjects, f"{target}/ground", **deep)}
+        if self._executor is not None:  # only now: rclpy lists an ActionClient on its node before it is built
             self._thread = threading.Thread(target=self._spin, name=name, daemon=True)
             self._thread.start()
-        self.node = node
-        self._clients = {"ask": ActionClient(node, AskSpatialQuestion, f"{target}/ask"),
-                         "ground": ActionClient(node, GroundObjects, f"{target}/ground")}
 
     def _spin(self) -> None:
         while self._ctx.ok():
             try:
-                self._executor.spin_once(timeout_sec=0.05)
+                spin_once(self._executor, 0.05)
             except Exception:  # noqa: BLE001 (context shut down while spinning)
                 return
 

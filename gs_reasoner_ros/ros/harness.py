@@ -16,6 +16,7 @@ import signal
 import subprocess
 import threading
 import time
+import traceback
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
@@ -28,6 +29,7 @@ from visualization_msgs.msg import MarkerArray
 from gs_reasoner_ros.ros import conversions, qos
 from gs_reasoner_ros.ros.node import NODE_NAME, ReasonerNode
 from gs_reasoner_ros.ros.replay import ScenePlayer
+from gs_reasoner_ros.ros.spinning import spin_once
 from gs_reasoner_ros.srv import AskSpatialQuestion, ExportScene, GroundObjects
 
 SERVICES = (("ask", AskSpatialQuestion), ("ground", GroundObjects), ("clear", Trigger),
@@ -46,6 +48,19 @@ def stop_process(proc, timeout_s: float = 10.0) -> int | None:
             proc.wait()
             return None
     return proc.returncode
+
+
+def spin_in_background(executor, ctx, running) -> None:
+    """spin_once until running() turns false or the context is shut down. An error raised in
+    spin_once is printed and spinning goes on: a test or tool that creates entities on a node
+    being spun races with rclpy (it lists an ActionClient on its node before the client is built),
+    and a dead spinning thread would turn that into silence."""
+    while running() and ctx.ok():
+        try:
+            spin_once(executor, 0.05)
+        except Exception:  # noqa: BLE001
+            if ctx.ok():
+                traceback.print_exc()
 
 
 def wait_until(predicate, timeout: float, step: float = 0.02) -> bool:
@@ -100,11 +115,7 @@ class Probe:
     # ---- spinning -----------------------------------------------------------------
 
     def _spin(self) -> None:
-        while self._thread is not None and self.ctx.ok():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # noqa: BLE001 (context shut down while spinning)
-                return
+        spin_in_background(self.executor, self.ctx, lambda: self._thread is not None)
 
     def spin_until(self, predicate, timeout: float = 15.0) -> bool:
         """Wait until `predicate` holds (True), or timeout / the target died (False)."""
@@ -115,7 +126,7 @@ class Probe:
             if self._background:
                 time.sleep(0.02)
             else:
-                self.executor.spin_once(timeout_sec=0.05)
+                spin_once(self.executor, 0.05)
         return True
 
     # ---- services -----------------------------------------------------------------
@@ -201,11 +212,7 @@ class InProcessNode:
         self.thread.start()
 
     def _spin(self) -> None:
-        while self.ctx.ok() and not self._stop_spin:
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # noqa: BLE001 (context shut down while spinning)
-                break
+        spin_in_background(self.executor, self.ctx, lambda: not self._stop_spin)
 
     @staticmethod
     def wait_for(predicate, timeout: float = 10.0) -> bool:

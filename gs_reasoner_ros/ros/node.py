@@ -33,7 +33,7 @@ import time
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import ClockChange, JumpThreshold
 from rclpy.duration import Duration
-from rclpy.lifecycle import LifecycleNode, LifecycleNodeMixin, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
@@ -51,6 +51,7 @@ from gs_reasoner_ros.pipeline.query_worker import QueryWorker, Refused
 from gs_reasoner_ros.ros import cameras, conversions, params, qos
 from gs_reasoner_ros.ros.actions import AnswerOutputs, QueryActions
 from gs_reasoner_ros.ros.diagnostics import diagnostic_array
+from gs_reasoner_ros.ros.lifecycle import init_lifecycle
 from gs_reasoner_ros.ros.tf import make_buffer
 from gs_reasoner_ros.srv import AskSpatialQuestion, ExportScene, GroundObjects
 
@@ -85,10 +86,9 @@ class ReasonerNode(LifecycleNode):
     (tests inject fakes); other keywords go to rclpy's Node."""
 
     def __init__(self, node_name: str = NODE_NAME, *, reasoner_factory=None, **kwargs):
-        # LifecycleNode's own __init__, but with the lifecycle services in a group of their own, so
-        # a transition never waits behind another callback.
+        # LifecycleNode's own __init__, but with lifecycle services that hold a burst (ros/lifecycle.py).
         Node.__init__(self, node_name, **kwargs)
-        LifecycleNodeMixin.__init__(self, callback_group=MutuallyExclusiveCallbackGroup())
+        init_lifecycle(self)
         self.p = params.declare(self)
         self.add_post_set_parameters_callback(lambda _: setattr(self, "p", params.read(self)))
         self.health = Health()

@@ -15,6 +15,7 @@ from rclpy.signals import SignalHandlerOptions
 
 from gs_reasoner_ros.ros import dds
 from gs_reasoner_ros.ros.node import ReasonerNode
+from gs_reasoner_ros.ros.spinning import spin_once
 
 
 def _raise_interrupt(signum, frame):
@@ -44,12 +45,12 @@ def run(argv=None, reasoner_factory=None) -> NoReturn:
         executor = MultiThreadedExecutor(num_threads=node.executor_threads())
         executor.add_node(node)
         while rclpy.ok() and not node.exit_requested:
-            executor.spin_once(timeout_sec=0.2)
+            spin_once(executor, 0.2)
         if node.exit_requested:
             node.get_logger().info("lifecycle shutdown: the process ends (exit code 0)")
             deadline = time.monotonic() + 0.5  # the transition's answer is still on its way out
             while rclpy.ok() and time.monotonic() < deadline:
-                executor.spin_once(timeout_sec=0.05)
+                spin_once(executor, 0.05)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (ValueError, ParameterException) as err:  # bad parameters from the command line or a file

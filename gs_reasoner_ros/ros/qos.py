@@ -32,3 +32,5 @@ DIAGNOSTICS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
 # Services: rclpy's default keeps only 10 requests, so a burst of calls would silently lose
 # some; a deeper queue lets every caller get an answer (a refusal when busy).
 SERVICES = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+# ~/transition_event, as rcl's lifecycle interface publishes it.
+LIFECYCLE_EVENTS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)

@@ -39,7 +39,9 @@ def add_arguments(parser) -> None:
     a = parser.add_argument
     a("--frames", type=int, default=20000, help="frames to replay")
     a("--rate", type=float, default=30.0, help="frames sent per wall-clock second")
-    a("--stamp-hz", type=float, default=15.0, help="camera rate the stamps advance at (rate/stamp-hz = speed-up)")
+    a("--stamp-hz", type=float, default=15.0,
+      help="camera rate the stamps advance at (rate/stamp-hz = speed-up; other than 1, the node runs on "
+           "use_sim_time with a /clock that follows the stamps, as for a bag played faster)")
     a("--loop-frames", type=int, default=300, help="distinct frames rendered along the closed loop")
     a("--width", type=int, default=640)
     a("--height", type=int, default=480)
@@ -128,6 +130,8 @@ def node_main(argv: list[str]) -> int:
 def _start_node(cfg: SoakConfig, log_path: Path) -> subprocess.Popen:
     params = {"max_keyframes": cfg.max_keyframes, "max_voxels": cfg.max_voxels, "diagnostics_period_s": 0.5,
               "num_frames": 16 if cfg.model == "tiny" else 32, "camera_transports": f"['{cfg.transport}']"}
+    if cfg.rate != cfg.stamp_hz:  # stamps faster than the wall clock would be refused as from the future
+        params["use_sim_time"] = "true"
     args = [f"{k}:={v}" for k, v in params.items()] + list(cfg.node_params)
     entry = ["-m", "gs_reasoner_ros.tools.soak", "node"] if cfg.model == "fake" else ["-m", "gs_reasoner_ros.ros.process"]
     cmd = [sys.executable, *entry, "--ros-args", *[x for a in args for x in ("-p", a)]]
@@ -229,6 +233,23 @@ class _Queries:
         return self._inflight is not None or (self.storm is not None and not self.storm["done"])
 
 
+class _SimClock:
+    """/clock for a node on use_sim_time (speed-up other than 1); does nothing otherwise."""
+
+    def __init__(self, node, speedup: float):
+        from rosgraph_msgs.msg import Clock
+
+        self.speedup = speedup
+        self._msg = Clock
+        self._pub = node.create_publisher(Clock, "/clock", 10) if speedup != 1.0 else None
+
+    def publish(self, stamp: float) -> None:
+        if self._pub is not None:
+            from gs_reasoner_ros.ros import conversions
+
+            self._pub.publish(self._msg(clock=conversions.sec_to_stamp(stamp)))
+
+
 def _cpu_s(proc) -> float:
     try:
         t = proc.cpu_times()
@@ -270,10 +291,12 @@ def run_soak(cfg: SoakConfig, log=print) -> dict:
             from gs_reasoner_ros.ros.replay import ScenePlayer
 
             driver.player = ScenePlayer(driver.node, transport=cfg.transport)
+        driver.clock = _SimClock(driver.node, cfg.rate / cfg.stamp_hz)
         deadline = time.monotonic() + 60.0
         while not (driver.player.subscribers_ready() and driver.services_ready() and driver.diag()):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the node did not come up (exit {proc.poll()}); see {out / 'node.log'}")
+            driver.clock.publish(time.time())
             time.sleep(0.1)
         time.sleep(0.5)  # the node's readers match a little after ours do
         summary = _replay(cfg, driver, psutil.Process(proc.pid), K, poses, colors, depths, out, log)
@@ -319,6 +342,7 @@ def _replay(cfg, driver, node_proc, K, poses, colors, depths, out, log) -> dict:
         j = i % len(poses)
         stamp = stamp0 + i / cfg.stamp_hz
         st = conversions.sec_to_stamp(stamp)
+        driver.clock.publish(stamp)
         player.publish_pose(poses[j], stamp)
         player.info.publish(conversions.make_camera_info(K, cfg.width, cfg.height, stamp, CAMERA_FRAME))
         colors[j].header.stamp = st
@@ -349,6 +373,7 @@ def _replay(cfg, driver, node_proc, K, poses, colors, depths, out, log) -> dict:
     settle = time.monotonic() + 30.0
     while time.monotonic() < settle and (queries.busy() or time.monotonic() < send_wall[-1] + 2.0):
         now = time.monotonic()
+        driver.clock.publish(stamp + (now - send_wall[-1]) * driver.clock.speedup)  # the node's timers go on
         queries.storm_tick(now, n)
         queries.tick(now, 0.0, last_query)
         time.sleep(0.05)

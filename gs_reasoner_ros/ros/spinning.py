@@ -1,0 +1,23 @@
+"""Spinning that outlives rclpy's race with a lifecycle transition.
+
+A transition creates and destroys the camera subscriptions (activate, deactivate) on an executor
+thread while another thread builds the wait set; rclpy's spin_once then raises InvalidHandle for
+an entity destroyed under it. Left uncaught, that ended the node's spinning: with 40 concurrent
+change_state calls the node answered nothing more. The next spin_once builds a fresh wait set
+without the destroyed entity, so the error is only skipped.
+"""
+from __future__ import annotations
+
+from rclpy.exceptions import InvalidHandle
+
+
+def spin_once(executor, timeout_sec: float) -> bool:
+    """executor.spin_once; False when an entity was destroyed while the wait set was built."""
+    try:
+        executor.spin_once(timeout_sec=timeout_sec)
+    except InvalidHandle:
+        return False
+    return True
+
+
+__all__ = ["spin_once"]
