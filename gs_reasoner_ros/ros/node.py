@@ -27,6 +27,7 @@ exception out: bad input is rejected, counted and reported in a throttled warnin
 """
 from __future__ import annotations
 
+import gc
 import os
 import time
 
@@ -93,6 +94,7 @@ class ReasonerNode(LifecycleNode):
         self.add_post_set_parameters_callback(lambda _: setattr(self, "p", params.read(self)))
         self.health = Health()
         self.report = Reporter(self.health, self.get_logger())
+        self._trim = budget.PeriodicTrim()  # on the diagnostics timer, in every state: see budget.py
         self._factory = reasoner_factory or load_reasoner
         # One group per output timer: a map publish waiting for the map lock must not hold up
         # /diagnostics (a ready entity of a busy group makes rclpy's executor spin).
@@ -255,12 +257,9 @@ class ReasonerNode(LifecycleNode):
     def _release(self) -> None:
         """Drop everything configure made (also the initial state). Publishers, services and
         the diagnostics timer stay: they report the state, whatever it is."""
-        worker = getattr(self, "worker", None)
-        if worker is not None:
-            worker.stop()
-        preparer = getattr(self, "preparer", None)
-        if preparer is not None:
-            preparer.stop()
+        for part in (getattr(self, "worker", None), getattr(self, "preparer", None)):
+            if part is not None:
+                part.stop()
         for timer in getattr(self, "_configured_timers", []):
             self.destroy_timer(timer)
         for sub in getattr(self, "_subs", []):
@@ -278,7 +277,8 @@ class ReasonerNode(LifecycleNode):
         self._published_version = -1
         self._last_synced_wall = None
         self.health.set("model_loaded", False)
-        budget.trim_heap()  # the model, map and keyframes just went
+        gc.collect()  # the model's and the caches' reference cycles, so the trim can return their pages
+        budget.trim_heap()
 
     def stop(self, timeout_s: float = 0.5) -> bool:
         """Shutdown path of main(): refuse queries and release waiting callers at once.
@@ -397,6 +397,7 @@ class ReasonerNode(LifecycleNode):
             self.report.throttled("error", f"map publishing failed: {err}")
 
     def _publish_diagnostics(self) -> None:
+        self._trim()
         try:
             intake = self.intake
             if intake is not None:
