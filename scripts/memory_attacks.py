@@ -63,8 +63,6 @@ def largest_keyframes(p) -> int:
 def feed(h, scene, frames: int, depth_scale: int = 1, color_size: int | None = None) -> None:
     """Publish `frames` frames of `scene` (looping), each stamped now, depth upsampled by
     `depth_scale` and colour shrunk to color_size^2 when given; waits for each to be handled."""
-    from gs_reasoner_ros.ros.replay import CAMERA_FRAME  # noqa: F401 (the player's frame)
-
     health = h.node.health
     for i in range(frames):
         j = i % len(scene.rgb)

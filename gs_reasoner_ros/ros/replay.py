@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tf2_msgs.msg import TFMessage
 from geometry_msgs.msg import TransformStamped
@@ -96,3 +97,16 @@ class ScenePlayer:
             next_t += period
             time.sleep(max(0.0, next_t - time.monotonic()))
         return stamps
+
+
+class ClockPublisher:
+    """/clock for a node on use_sim_time, as a bag player's --clock gives it; with active False
+    (the node on the wall clock) it publishes nothing."""
+
+    def __init__(self, node, active: bool = True):
+        self._pub = node.create_publisher(Clock, "/clock", 10) if active else None
+
+    def publish(self, stamp: float) -> None:
+        if self._pub is not None:
+            self._pub.publish(Clock(clock=conversions.sec_to_stamp(stamp)))
+

@@ -149,19 +149,18 @@ def play(plan: Plan, node_name: str, rate: float = 1.0, fast: bool = False, wind
     """Publish the bag's chosen topics into the running node `node_name`; see the module docstring."""
     from rclpy.serialization import deserialize_message
     from rosbags.highlevel import AnyReader
-    from rosgraph_msgs.msg import Clock
     from tf2_msgs.msg import TFMessage
 
-    from gs_reasoner_ros.ros import conversions, qos
+    from gs_reasoner_ros.ros import qos
     from gs_reasoner_ros.ros.harness import Probe
-    from gs_reasoner_ros.ros.replay import CAMERA_QOS
+    from gs_reasoner_ros.ros.replay import CAMERA_QOS, ClockPublisher
 
     probe = Probe(name="gs_reasoner_replay", target=node_name, background=True)
     try:
         pubs = {t: probe.node.create_publisher(_msg_class(plan.types[t]), out,
                                                qos.TF_STATIC if t == "/tf_static" else qos.TF if t == "/tf" else CAMERA_QOS)
                 for t, out in plan.topics.items()}
-        clock_pub = probe.node.create_publisher(Clock, "/clock", 10) if clock else None
+        clock_pub = ClockPublisher(probe.node, active=clock)
         result = Result()
         _wait_for_node(probe, pubs, plan, wait_s, fast, result)
         statics: dict = {}  # child frame -> TransformStamped: the static broadcaster's set
@@ -172,8 +171,7 @@ def play(plan: Plan, node_name: str, rate: float = 1.0, fast: bool = False, wind
             for conn, log_ns, raw in reader.messages(connections=wanted):
                 is_depth = conn.msgtype in IMAGE_TYPES and "depth" in conn.topic.lower()
                 pace.before(log_ns, is_depth)
-                if clock_pub is not None:
-                    clock_pub.publish(Clock(clock=conversions.sec_to_stamp(log_ns * 1e-9)))
+                clock_pub.publish(log_ns * 1e-9)
                 if conn.topic == "/tf_static":
                     for ts in deserialize_message(bytes(raw), TFMessage).transforms:
                         statics[ts.child_frame_id] = ts

@@ -233,23 +233,6 @@ class _Queries:
         return self._inflight is not None or (self.storm is not None and not self.storm["done"])
 
 
-class _SimClock:
-    """/clock for a node on use_sim_time (speed-up other than 1); does nothing otherwise."""
-
-    def __init__(self, node, speedup: float):
-        from rosgraph_msgs.msg import Clock
-
-        self.speedup = speedup
-        self._msg = Clock
-        self._pub = node.create_publisher(Clock, "/clock", 10) if speedup != 1.0 else None
-
-    def publish(self, stamp: float) -> None:
-        if self._pub is not None:
-            from gs_reasoner_ros.ros import conversions
-
-            self._pub.publish(self._msg(clock=conversions.sec_to_stamp(stamp)))
-
-
 def _cpu_s(proc) -> float:
     try:
         t = proc.cpu_times()
@@ -272,6 +255,7 @@ def run_soak(cfg: SoakConfig, log=print) -> dict:
 
     from gs_reasoner_ros.ros import dds
     from gs_reasoner_ros.ros.harness import Probe
+    from gs_reasoner_ros.ros.replay import ClockPublisher
 
     cfg.check()
     out = Path(cfg.out)
@@ -291,7 +275,7 @@ def run_soak(cfg: SoakConfig, log=print) -> dict:
             from gs_reasoner_ros.ros.replay import ScenePlayer
 
             driver.player = ScenePlayer(driver.node, transport=cfg.transport)
-        driver.clock = _SimClock(driver.node, cfg.rate / cfg.stamp_hz)
+        driver.clock = ClockPublisher(driver.node, active=cfg.rate != cfg.stamp_hz)
         deadline = time.monotonic() + 60.0
         while not (driver.player.subscribers_ready() and driver.services_ready() and driver.diag()):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -373,7 +357,7 @@ def _replay(cfg, driver, node_proc, K, poses, colors, depths, out, log) -> dict:
     settle = time.monotonic() + 30.0
     while time.monotonic() < settle and (queries.busy() or time.monotonic() < send_wall[-1] + 2.0):
         now = time.monotonic()
-        driver.clock.publish(stamp + (now - send_wall[-1]) * driver.clock.speedup)  # the node's timers go on
+        driver.clock.publish(stamp + (now - send_wall[-1]) * cfg.rate / cfg.stamp_hz)  # the node's timers go on
         queries.storm_tick(now, n)
         queries.tick(now, 0.0, last_query)
         time.sleep(0.05)
