@@ -15,8 +15,9 @@ The allocator keeps what frames, keyframes and caches free in passing: filling 7
 no trim took 8.2 MB of RSS each for 6.3 MB of arrays, so the node trims the heap every
 TRIM_PERIOD_S, in every state (a trim of a 5 GB heap took 6 ms here), as well as after every
 clear and cleanup (where part of what was freed is still held for a moment). With the
-trims, 636 keyframes still took 6.9 MB each (the store's objects, frames in flight, what a
-trim cannot return): ALLOCATOR_MARGIN covers that (scripts/memory_attacks.py measures it).
+trims, a keyframe still took 6.9-7.3 MB (three runs, 522-636 keyframes: the store's objects,
+frames in flight, what a trim cannot return): ALLOCATOR_MARGIN covers that
+(scripts/memory_attacks.py measures it).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ VOXEL_BYTES = 500
 KEYFRAME_BYTES = KEYFRAME_MAX_PIXELS * (3 + 4)
 FRAME_CACHE_ENTRY_BYTES = (3 + 4) * 384 * 384 * 4
 TRIM_PERIOD_S = 10.0
-ALLOCATOR_MARGIN = 0.2  # of the arrays' bytes; 0.1 measured (above)
+ALLOCATOR_MARGIN = 0.2  # of the arrays' bytes; 0.10-0.16 measured (above)
 
 
 def frame_cache_entries(max_keyframes: int, num_frames: int) -> int:

@@ -103,7 +103,7 @@ def test_forty_concurrent_lifecycle_callers_are_all_answered(h):
     kept) left 30 of the 50 without an answer."""
     name = h.node.get_fully_qualified_name()
     events = []
-    h.client.create_subscription(TransitionEvent, f"{name}/transition_event", events.append, 10)
+    h.client.create_subscription(TransitionEvent, f"{name}/transition_event", events.append, 1000)
     changes = [h.client.create_client(ChangeState, f"{name}/change_state") for _ in range(40)]
     states = [h.client.create_client(GetState, f"{name}/get_state") for _ in range(10)]
     assert wait_until(lambda: all(c.service_is_ready() for c in changes + states), 10.0)
