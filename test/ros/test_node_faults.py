@@ -178,9 +178,10 @@ def test_camera_stops_and_restarts(h):
     time.sleep(1.0)  # the camera stops for longer than input_gap_s (0.5 s)
     assert h.wait_for(lambda: "no synced frame for" in h.diag().get("input", ({}, 0, ""))[2], 3.0), h.diag()
     assert h.diag()["input"][1] == DiagnosticStatus.WARN
-    h.play_and_wait(range(4, 8))  # ... and comes back: intake resumes
-    assert h.total("input_gaps") >= gaps + 1
+    h.play_and_wait(range(4, 5))  # ... and comes back: its first frame reports the gap (read now: on
+    assert h.total("input_gaps") >= gaps + 1  # a loaded machine a later frame can be late too)
     assert float(h.node.health.snapshot()["last_input_gap_s"]) >= 0.9
+    h.play_and_wait(range(5, 8))  # intake resumes
     assert h.wait_for(lambda: int(h.diag()["input"][0]["input_gaps_total"]) >= gaps + 1, 3.0)
     assert len(h.node.keyframes) == 8
 
