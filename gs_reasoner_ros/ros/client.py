@@ -27,7 +27,7 @@ from rclpy.executors import SingleThreadedExecutor
 
 from gs_reasoner_ros.action import AskSpatialQuestion, GroundObjects
 from gs_reasoner_ros.ros import qos
-from gs_reasoner_ros.ros.spinning import spin_once
+from gs_reasoner_ros.ros.spinning import spin_in_background
 
 DEFAULT_NODE = "/gs_reasoner"
 _DONE = object()
@@ -136,11 +136,7 @@ class ReasonerClient:
             self._thread.start()
 
     def _spin(self) -> None:
-        while self._ctx.ok():
-            try:
-                spin_once(self._executor, 0.05)
-            except Exception:  # noqa: BLE001 (context shut down while spinning)
-                return
+        spin_in_background(self._executor, self._ctx, lambda: True)
 
     def wait_for_server(self, timeout_s: float = 30.0) -> bool:
         """True once both actions are served."""

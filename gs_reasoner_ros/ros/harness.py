@@ -16,7 +16,6 @@ import signal
 import subprocess
 import threading
 import time
-import traceback
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
@@ -29,7 +28,7 @@ from visualization_msgs.msg import MarkerArray
 from gs_reasoner_ros.ros import conversions, qos
 from gs_reasoner_ros.ros.node import NODE_NAME, ReasonerNode
 from gs_reasoner_ros.ros.replay import ScenePlayer
-from gs_reasoner_ros.ros.spinning import spin_once
+from gs_reasoner_ros.ros.spinning import spin_in_background, spin_once
 from gs_reasoner_ros.srv import AskSpatialQuestion, ExportScene, GroundObjects
 
 SERVICES = (("ask", AskSpatialQuestion), ("ground", GroundObjects), ("clear", Trigger),
@@ -48,19 +47,6 @@ def stop_process(proc, timeout_s: float = 10.0) -> int | None:
             proc.wait()
             return None
     return proc.returncode
-
-
-def spin_in_background(executor, ctx, running) -> None:
-    """spin_once until running() turns false or the context is shut down. An error raised in
-    spin_once is printed and spinning goes on: a test or tool that creates entities on a node
-    being spun races with rclpy (it lists an ActionClient on its node before the client is built),
-    and a dead spinning thread would turn that into silence."""
-    while running() and ctx.ok():
-        try:
-            spin_once(executor, 0.05)
-        except Exception:  # noqa: BLE001
-            if ctx.ok():
-                traceback.print_exc()
 
 
 def wait_until(predicate, timeout: float, step: float = 0.02) -> bool:

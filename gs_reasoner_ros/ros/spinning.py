@@ -8,6 +8,8 @@ without the destroyed entity, so the error is only skipped.
 """
 from __future__ import annotations
 
+import traceback
+
 from rclpy.exceptions import InvalidHandle
 
 
@@ -20,4 +22,17 @@ def spin_once(executor, timeout_sec: float) -> bool:
     return True
 
 
-__all__ = ["spin_once"]
+def spin_in_background(executor, ctx, running) -> None:
+    """spin_once until running() turns false or the context is shut down, for a spinning thread.
+    An error raised in spin_once is printed and spinning goes on: code that creates entities on a
+    node being spun races with rclpy (it lists an ActionClient on its node before the client is
+    built), and a dead spinning thread would turn that into silence."""
+    while running() and ctx.ok():
+        try:
+            spin_once(executor, 0.05)
+        except Exception:  # noqa: BLE001
+            if ctx.ok():
+                traceback.print_exc()
+
+
+__all__ = ["spin_once", "spin_in_background"]

@@ -275,15 +275,15 @@ def run_soak(cfg: SoakConfig, log=print) -> dict:
             from gs_reasoner_ros.ros.replay import ScenePlayer
 
             driver.player = ScenePlayer(driver.node, transport=cfg.transport)
-        driver.clock = ClockPublisher(driver.node, active=cfg.rate != cfg.stamp_hz)
+        clock = ClockPublisher(driver.node, active=cfg.rate != cfg.stamp_hz)
         deadline = time.monotonic() + 60.0
         while not (driver.player.subscribers_ready() and driver.services_ready() and driver.diag()):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the node did not come up (exit {proc.poll()}); see {out / 'node.log'}")
-            driver.clock.publish(time.time())
+            clock.publish(time.time())
             time.sleep(0.1)
         time.sleep(0.5)  # the node's readers match a little after ours do
-        summary = _replay(cfg, driver, psutil.Process(proc.pid), K, poses, colors, depths, out, log)
+        summary = _replay(cfg, driver, clock, psutil.Process(proc.pid), K, poses, colors, depths, out, log)
     finally:
         exit_s, code = _stop_node(proc)
         if driver is not None:
@@ -308,7 +308,7 @@ def _stop_node(proc: subprocess.Popen) -> tuple[float, int | None]:
     return time.monotonic() - t0, proc.returncode
 
 
-def _replay(cfg, driver, node_proc, K, poses, colors, depths, out, log) -> dict:
+def _replay(cfg, driver, clock, node_proc, K, poses, colors, depths, out, log) -> dict:
     from gs_reasoner_ros.ros import conversions
     from gs_reasoner_ros.ros.replay import CAMERA_FRAME
 
@@ -326,7 +326,7 @@ def _replay(cfg, driver, node_proc, K, poses, colors, depths, out, log) -> dict:
         j = i % len(poses)
         stamp = stamp0 + i / cfg.stamp_hz
         st = conversions.sec_to_stamp(stamp)
-        driver.clock.publish(stamp)
+        clock.publish(stamp)
         player.publish_pose(poses[j], stamp)
         player.info.publish(conversions.make_camera_info(K, cfg.width, cfg.height, stamp, CAMERA_FRAME))
         colors[j].header.stamp = st
@@ -357,7 +357,7 @@ def _replay(cfg, driver, node_proc, K, poses, colors, depths, out, log) -> dict:
     settle = time.monotonic() + 30.0
     while time.monotonic() < settle and (queries.busy() or time.monotonic() < send_wall[-1] + 2.0):
         now = time.monotonic()
-        driver.clock.publish(stamp + (now - send_wall[-1]) * cfg.rate / cfg.stamp_hz)  # the node's timers go on
+        clock.publish(stamp + (now - send_wall[-1]) * cfg.rate / cfg.stamp_hz)  # the node's timers go on
         queries.storm_tick(now, n)
         queries.tick(now, 0.0, last_query)
         time.sleep(0.05)
